@@ -1,0 +1,5 @@
+import sys
+
+from h1r.cli import main
+
+sys.exit(main())

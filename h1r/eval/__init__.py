@@ -1,0 +1,1 @@
+"""Evaluation harness: benchmark loaders, sandboxed code execution, metrics and reports."""

@@ -1,0 +1,300 @@
+"""The Falcon-H1 parallel hybrid decoder.
+
+Per layer:  h = h + attn_out·Attn(norm(h)·attn_in) + ssm_out·Mamba2(norm(h))   (one shared input norm)
+            h = h + MLP(pre_ff_norm(h))
+with embeddings × embedding_multiplier and logits × lm_head_multiplier. Module and parameter names
+match the Hugging Face checkpoint so state dicts load without renaming.
+
+The modules compute projections; *where the state lives* is the job of a context object passed to
+forward (`DenseContext` for plain tensors, the engine's context for pages and slots). A context
+provides `positions` [B,T], `attention(layer_idx, q, k, v, scale)` and `mamba(layer_idx, mixer, xBC, dt)`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from h1r.config import ModelConfig
+from h1r.model import ssd
+
+
+class RMSNorm(nn.Module):
+    """Llama-style: normalise in fp32, cast back, then scale."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        dtype = x.dtype
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(dtype)
+
+
+class GatedRMSNorm(nn.Module):
+    """Grouped RMSNorm with a SiLU gate; released checkpoints gate first (norm_before_gate=False)."""
+
+    def __init__(self, dim: int, n_groups: int, eps: float, norm_before_gate: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.n_groups, self.eps, self.norm_before_gate = n_groups, eps, norm_before_gate
+
+    def forward(self, y, z):  # y [..., d] (fp32), z [..., d]
+        if not self.norm_before_gate:
+            y = y * F.silu(z.float())
+        shape = y.shape
+        yg = y.float().reshape(*shape[:-1], self.n_groups, shape[-1] // self.n_groups)
+        yg = yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + self.eps)
+        y = (self.weight.float().view(self.n_groups, -1) * yg).reshape(shape)
+        if self.norm_before_gate:
+            y = y * F.silu(z.float())
+        return y
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """positions [B,T] -> cos, sin [B,T,head_dim] (neox / rotate-half layout, computed in fp32)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=positions.device) / head_dim))
+    freqs = positions.float()[..., None] * inv_freq  # [B,T,hd/2]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):  # x [B,T,H,hd], cos/sin [B,T,hd]
+    x1, x2 = x.chunk(2, dim=-1)
+    rot = torch.cat([-x2, x1], dim=-1)
+    return x * cos[:, :, None] + rot * sin[:, :, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.attn_head_dim
+        D = cfg.hidden_size
+        self.q_proj = nn.Linear(D, self.n_heads * self.head_dim, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(D, self.n_kv * self.head_dim, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(D, self.n_kv * self.head_dim, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, D, bias=cfg.attention_bias)
+        self.key_multiplier = cfg.key_multiplier
+        self.scale = self.head_dim ** -0.5
+
+    def forward(self, h, cos, sin, ctx):  # h [B,T,D]
+        B, T, _ = h.shape
+        q = self.q_proj(h).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(h).view(B, T, self.n_kv, self.head_dim)
+        if self.key_multiplier != 1.0:
+            k = k * self.key_multiplier
+        v = self.v_proj(h).view(B, T, self.n_kv, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        o = ctx.attention(self.layer_idx, q, k, v, self.scale)  # [B,T,Hq,hd]
+        return self.o_proj(o.reshape(B, T, -1))
+
+
+def mup_vector(cfg: ModelConfig) -> torch.Tensor:
+    """Per-column multipliers of the in_proj output [z | x | B | C | dt] (not stored in checkpoints)."""
+    d, gn, H = cfg.d_ssm, cfg.mamba_n_groups * cfg.mamba_d_state, cfg.mamba_n_heads
+    m = cfg.ssm_multipliers
+    return torch.cat([torch.full((d,), m[0]), torch.full((d,), m[1]), torch.full((gn,), m[2]),
+                      torch.full((gn,), m[3]), torch.full((H,), m[4])])
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.d_ssm, self.n_heads, self.head_dim = cfg.d_ssm, cfg.mamba_n_heads, cfg.ssm_head_dim
+        self.n_groups, self.d_state, self.conv_dim = cfg.mamba_n_groups, cfg.mamba_d_state, cfg.conv_dim
+        self.chunk_size, self.d_conv = cfg.mamba_chunk_size, cfg.mamba_d_conv
+        self.in_proj = nn.Linear(cfg.hidden_size, cfg.in_proj_size, bias=cfg.mamba_proj_bias)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, cfg.mamba_d_conv, groups=self.conv_dim,
+                                padding=cfg.mamba_d_conv - 1, bias=cfg.mamba_conv_bias)
+        self.dt_bias = nn.Parameter(torch.ones(self.n_heads))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, self.n_heads + 1, dtype=torch.float)))
+        self.D = nn.Parameter(torch.ones(self.n_heads))
+        self.norm = (GatedRMSNorm(self.d_ssm, self.n_groups, cfg.rms_norm_eps, cfg.mamba_norm_before_gate)
+                     if cfg.mamba_rms_norm else None)
+        self.out_proj = nn.Linear(self.d_ssm, cfg.hidden_size, bias=cfg.projectors_bias)
+        self.register_buffer("mup_vector", mup_vector(cfg), persistent=False)
+        self.ssm_in_multiplier = cfg.ssm_in_multiplier
+        self.dt_min, self.dt_max = cfg.time_step_limit
+
+    def forward(self, h, ctx):  # h [B,T,D]
+        if self.ssm_in_multiplier != 1.0:
+            h = h * self.ssm_in_multiplier
+        zxbcdt = self.in_proj(h) * self.mup_vector.to(h.dtype)
+        z, xBC, dt = zxbcdt.split([self.d_ssm, self.conv_dim, self.n_heads], dim=-1)
+        y = ctx.mamba(self.layer_idx, self, xBC, dt)  # [B,T,d_ssm] fp32, D skip included
+        y = self.norm(y, z) if self.norm is not None else y * F.silu(z.float())
+        return self.out_proj(y.to(h.dtype))
+
+    # ---- the mixing math, shared by every context (reference path) ----------------------------
+    def discretize(self, dt_raw):
+        dt = F.softplus(dt_raw.float() + self.dt_bias.float())
+        if self.dt_min > 0.0 or math.isfinite(self.dt_max):
+            dt = dt.clamp(self.dt_min, self.dt_max)
+        return dt
+
+    def mix(self, xBC, dt_raw, conv_state=None, ssm_state=None, reset=None, valid=None):
+        """Prefill/training: xBC [b,T,conv_dim] (pre-conv), dt_raw [b,T,H] ->
+        (y [b,T,d_ssm] fp32, final conv state [b,conv_dim,K-1], final SSM state [b,H,P,N] fp32)."""
+        b, T, _ = xBC.shape
+        xBC, conv_final = ssd.causal_conv1d(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, conv_state, reset, valid)
+        x, B, C = xBC.split([self.d_ssm, self.n_groups * self.d_state, self.n_groups * self.d_state], dim=-1)
+        dt = self.discretize(dt_raw)
+        if valid is not None:  # padding: no input and no decay
+            vf = valid[..., None].float()
+            x, dt = x * vf, dt * vf
+        x = x.reshape(b, T, self.n_heads, self.head_dim)
+        A = -torch.exp(self.A_log.float())
+        y, ssm_final = ssd.ssd_chunked(x, dt, A, B.reshape(b, T, self.n_groups, self.d_state),
+                                       C.reshape(b, T, self.n_groups, self.d_state), self.chunk_size,
+                                       ssm_state, reset)
+        y = y + self.D.float()[:, None] * x
+        return y.reshape(b, T, self.d_ssm), conv_final, ssm_final
+
+    def mix_varlen(self, xBC, dt_raw, cu):
+        """Training fast path (CUDA): xBC [b,T,conv_dim], dt_raw [b,T,H] of packed documents with
+        boundaries `cu` over the flattened b*T tokens -> y [b,T,d_ssm] fp32 (D skip included)."""
+        from h1r.model.kernels.train import conv_varlen, ssd_varlen
+
+        b, T, _ = xBC.shape
+        n = b * T
+        xc = conv_varlen(xBC.reshape(n, -1), self.conv1d.weight[:, 0], self.conv1d.bias, cu)
+        x, B, C = xc.split([self.d_ssm, self.n_groups * self.d_state, self.n_groups * self.d_state], dim=-1)
+        x = x.reshape(n, self.n_heads, self.head_dim)
+        A = -torch.exp(self.A_log.float())
+        y = ssd_varlen(x, self.discretize(dt_raw).reshape(n, self.n_heads), A,
+                       B.reshape(n, self.n_groups, self.d_state), C.reshape(n, self.n_groups, self.d_state), cu)
+        y = y.float() + self.D.float()[:, None] * x.float()
+        return y.reshape(b, T, self.d_ssm)
+
+    def mix_step(self, xBC, dt_raw, conv_state, ssm_state):
+        """Decode: xBC [b,conv_dim], dt_raw [b,H] -> (y [b,d_ssm] fp32, new conv state, new SSM state fp32)."""
+        b = xBC.shape[0]
+        xBC, conv_new = ssd.conv_step(xBC, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias)
+        x, B, C = xBC.split([self.d_ssm, self.n_groups * self.d_state, self.n_groups * self.d_state], dim=-1)
+        x = x.reshape(b, self.n_heads, self.head_dim)
+        A = -torch.exp(self.A_log.float())
+        y, ssm_new = ssd.ssd_step(x, self.discretize(dt_raw), A, B.reshape(b, self.n_groups, self.d_state),
+                                  C.reshape(b, self.n_groups, self.d_state), ssm_state)
+        y = y + self.D.float()[:, None] * x
+        return y.reshape(b, self.d_ssm), conv_new, ssm_new
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        D, I = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = nn.Linear(D, I, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(D, I, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(I, D, bias=cfg.mlp_bias)
+        self.gate_multiplier, self.down_multiplier = cfg.mlp_multipliers
+
+    def forward(self, x):
+        g = self.gate_proj(x)
+        if self.gate_multiplier != 1.0:
+            g = g * self.gate_multiplier
+        y = self.down_proj(self.up_proj(x) * F.silu(g))
+        return y * self.down_multiplier if self.down_multiplier != 1.0 else y
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer_idx)
+        self.mamba = Mamba2Mixer(cfg, layer_idx)
+        self.pre_ff_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.feed_forward = MLP(cfg)
+        self.attention_in_multiplier = cfg.attention_in_multiplier
+        self.attention_out_multiplier = cfg.attention_out_multiplier
+        self.ssm_out_multiplier = cfg.ssm_out_multiplier
+
+    def forward(self, h, cos, sin, ctx):
+        x = self.input_layernorm(h)
+        m = self.mamba(x, ctx)
+        a_in = x * self.attention_in_multiplier if self.attention_in_multiplier != 1.0 else x
+        a = self.self_attn(a_in, cos, sin, ctx)
+        if self.ssm_out_multiplier != 1.0:
+            m = m * self.ssm_out_multiplier
+        if self.attention_out_multiplier != 1.0:
+            a = a * self.attention_out_multiplier
+        h = h + (m + a)
+        return h + self.feed_forward(self.pre_ff_layernorm(h))
+
+
+class FalconH1Model(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.final_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class FalconH1ForCausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = FalconH1Model(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.embedding_multiplier = cfg.embedding_multiplier
+        self.lm_head_multiplier = cfg.lm_head_multiplier
+        self.gradient_checkpointing = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def new_state(self, batch_size: int, ssm_dtype: torch.dtype = torch.float32):
+        """A fresh hybrid state (per layer K/V, conv and SSM state) for `batch_size` sequences."""
+        from h1r.model.context import HybridState
+
+        return HybridState(self.config, batch_size, self.device, self.dtype, ssm_dtype=ssm_dtype)
+
+    def hidden_states(self, input_ids, attention_mask=None, state=None, position_ids=None, reset=None, ctx=None):
+        """Final-norm hidden states [B,T,D]. `state` (HybridState) is read and updated in place."""
+        if ctx is None:
+            from h1r.model.context import DenseContext
+
+            ctx = DenseContext(state, input_ids.shape, input_ids.device, attention_mask, reset, position_ids)
+        h = self.model.embed_tokens(input_ids)
+        if self.embedding_multiplier != 1.0:
+            h = h * self.embedding_multiplier
+        cfg = self.config
+        cos, sin = rope_cos_sin(ctx.positions, cfg.attn_head_dim, cfg.rope_theta, h.dtype)
+        for layer in self.model.layers:
+            if self.gradient_checkpointing and self.training:
+                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, ctx, use_reentrant=False)
+            else:
+                h = layer(h, cos, sin, ctx)
+        ctx.finish()
+        return self.model.final_layernorm(h)
+
+    def compute_logits(self, h):
+        logits = self.lm_head(h)
+        return logits * self.lm_head_multiplier if self.lm_head_multiplier != 1.0 else logits
+
+    def forward(self, input_ids, attention_mask=None, state=None, position_ids=None, reset=None,
+                logits_to_keep: int | None = None, ctx=None):
+        """input_ids [B,T] -> logits [B,T,V] (or the last `logits_to_keep` positions).
+
+        attention_mask [B,T]: 1 for tokens, 0 for padding (left or right).
+        reset [B,T]: True at the first token of each packed document (state and attention do not cross it).
+        state: a HybridState from `new_state`, continued and updated in place (prefill, chunks, decode).
+        """
+        h = self.hidden_states(input_ids, attention_mask, state, position_ids, reset, ctx)
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        return self.compute_logits(h)

@@ -1,0 +1,95 @@
+"""Training fast paths (CUDA, bf16/fp16): packed documents described by `cu_seqlens` go through
+fla's causal conv and chunked SSD (Triton, forward and backward) and PyTorch's variable-length
+flash attention (forward and backward). References: DenseContext's plain path with `reset`
+(h1r.model.ssd.causal_conv1d / ssd_chunked and masked SDPA); tests/test_kernels.py compares values
+and gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+CALLS = {"attention": 0, "conv": 0, "ssd": 0}  # lets tests prove the kernels, not the reference, ran
+
+
+def fla_available() -> bool:
+    try:
+        import fla.modules.causal_conv1d  # noqa: F401
+        import fla.ops.simple_gla  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def cu_seqlens_from(shape, reset: torch.Tensor | None, valid: torch.Tensor | None, device) -> torch.Tensor:
+    """Document boundaries of a [B,T] batch flattened to one row: every row start, every reset, and every
+    switch between padding and tokens (so padding forms documents of its own)."""
+    B, T = shape
+    starts = torch.zeros(B, T, dtype=torch.bool, device=device)
+    starts[:, 0] = True
+    if reset is not None:
+        starts |= reset
+    if valid is not None:
+        starts[:, 1:] |= valid[:, 1:] != valid[:, :-1]
+    idx = starts.flatten().nonzero()[:, 0]
+    return torch.cat([idx, torch.tensor([B * T], device=device)])
+
+
+class _VarlenFlash(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cu, max_len: int, scale: float):
+        cu32 = cu.to(torch.int32)
+        out, lse, rng, unused, _ = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu32, cu32, max_len, max_len, 0.0, True, False, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu32, rng, unused)
+        ctx.max_len, ctx.scale = max_len, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, cu32, rng, unused = ctx.saved_tensors
+        dq, dk, dv = torch.ops.aten._flash_attention_backward(
+            dout.contiguous(), q, k, v, out, lse, cu32, cu32, ctx.max_len, ctx.max_len, 0.0, True, rng, unused,
+            scale=ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
+def varlen_causal_attention(q, k, v, cu: torch.Tensor, max_len: int, scale: float) -> torch.Tensor:
+    """q [N,Hq,d], k/v [N,Hkv,d] packed by `cu` -> [N,Hq,d]; causal within each document, GQA native."""
+    CALLS["attention"] += 1
+    return _VarlenFlash.apply(q.contiguous(), k.contiguous(), v.contiguous(), cu, max_len, scale)
+
+
+def conv_varlen(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cu: torch.Tensor) -> torch.Tensor:
+    """x [N, C] (pre-conv xBC of packed documents) -> silu(causal depthwise conv) [N, C]; no state crosses a
+    document boundary."""
+    from fla.modules.causal_conv1d import causal_conv1d
+
+    CALLS["conv"] += 1
+    w = weight.to(x.dtype)
+    b = bias.to(x.dtype) if bias is not None else None
+    y, _ = causal_conv1d(x[None], weight=w, bias=b, activation="silu", cu_seqlens=cu)
+    return y[0]
+
+
+def ssd_varlen(x, dt, A, B, C, cu: torch.Tensor) -> torch.Tensor:
+    """x [N,H,P], dt [N,H] (after softplus), A [H], B/C [N,G,Ns] -> y [N,H,P] (no D skip), with grads.
+
+    SSD is simple-GLA with a scalar decay per head: q=C, k=B, v=x*dt, g=dt*A, scale 1. With gradients
+    this uses fla's parallel (within-document quadratic) kernels: the chunked backward refuses to run on
+    Hopper with Triton 3.4-3.7.0 (fla #640, wrong results), which is what the target machine has."""
+    from fla.ops.simple_gla import chunk_simple_gla, parallel_simple_gla
+
+    CALLS["ssd"] += 1
+    H, G = x.shape[1], B.shape[1]
+    dtype = x.dtype
+    q = C.repeat_interleave(H // G, dim=1).to(dtype)
+    k = B.repeat_interleave(H // G, dim=1).to(dtype)
+    v = (x * dt[..., None].to(x.dtype)).to(dtype)
+    g = (dt * A.float()).float()
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, g)):
+        o, _ = parallel_simple_gla(q[None], k[None], v[None], g=g[None], scale=1.0, cu_seqlens=cu)
+    else:
+        o, _ = chunk_simple_gla(q[None], k[None], v[None], g=g[None], scale=1.0, cu_seqlens=cu)
+    return o[0]

@@ -1,0 +1,1 @@
+"""Verifiable rewards: math (math-verify), multiple choice, sandboxed code; see registry.py."""
