@@ -26,6 +26,32 @@ SPECIAL_TOKENS = ["<|pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<|im_start
 STOP_TOKENS = ("<|im_end|>", "<|end_of_text|>")
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's printable stand-ins for the 256 bytes (HF ByteLevel), inverted: char -> byte."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def _decoder_kinds(tokenizer_json: Path) -> set[str]:
+    """Types of the decoder (and of its steps, for a Sequence): ByteLevel, ByteFallback, Metaspace..."""
+    try:
+        dec = json.loads(tokenizer_json.read_text(encoding="utf-8")).get("decoder") or {}
+    except (OSError, ValueError):
+        return set()
+    steps = dec.get("decoders", []) if dec.get("type") == "Sequence" else [dec]
+    return {d.get("type") for d in steps if isinstance(d, dict)}
+
+
+_BYTE_LEVEL = _byte_level_alphabet()
+
+
 def _token_str(v) -> str | None:
     if v is None:
         return None
@@ -53,6 +79,7 @@ class Tokenizer:
         self.eos_token = _token_str(self.config.get("eos_token"))
         self.pad_token = _token_str(self.config.get("pad_token"))
         self._jinja = None
+        self._bytes_kind: str | None = None
 
     # ---- ids ---------------------------------------------------------------------------------
     @property
@@ -102,6 +129,30 @@ class Tokenizer:
             if i is not None:
                 out.add(i)
         return out
+
+    def token_bytes(self, i: int) -> bytes:
+        """The raw bytes one token stands for (OpenAI's logprob `bytes`), also when it is only part of a
+        UTF-8 character, where decode([i]) would give U+FFFD."""
+        if self._bytes_kind is None:
+            kinds = _decoder_kinds(self.path)
+            self._bytes_kind = "byte_level" if "ByteLevel" in kinds else "metaspace" if kinds else "text"
+        tok = self.id_to_token(i)
+        if tok is None:
+            return b""
+        if i in self.special_token_ids or tok in SPECIAL_TOKENS:
+            return tok.encode("utf-8")
+        if self._bytes_kind == "byte_level":
+            alphabet = _BYTE_LEVEL
+            if all(c in alphabet for c in tok):
+                return bytes(alphabet[c] for c in tok)
+        elif len(tok) == 6 and tok.startswith("<0x") and tok.endswith(">"):  # byte fallback
+            try:
+                return bytes([int(tok[3:5], 16)])
+            except ValueError:
+                pass
+        elif self._bytes_kind == "metaspace":
+            return tok.replace("\u2581", " ").encode("utf-8")
+        return self.decode([i]).encode("utf-8")
 
     # ---- text --------------------------------------------------------------------------------
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:

@@ -33,9 +33,14 @@ class LogprobFormatter:
     def __init__(self, tokenizer):
         self.tok = tokenizer
         self.token_text = lru_cache(maxsize=65536)(self._token_text)
+        self.token_bytes = lru_cache(maxsize=65536)(self._token_bytes)
 
     def _token_text(self, token_id: int) -> str:
         return self.tok.decode([token_id], skip_special_tokens=False)
+
+    def _token_bytes(self, token_id: int) -> list[int]:
+        raw = getattr(self.tok, "token_bytes", None)
+        return list(raw(token_id)) if raw else list(self.token_text(token_id).encode("utf-8"))
 
     def completion(self, s: TokenLogprobSlice, text_offsets: list[int], base: int = 0) -> dict:
         """Legacy format; the top dict also holds the chosen token (so up to k+1 entries, as OpenAI)."""
@@ -58,4 +63,4 @@ class LogprobFormatter:
 
     def _entry(self, token_id: int, logprob: float, text: str | None = None) -> dict:
         text = self.token_text(token_id) if text is None else text
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+        return {"token": text, "logprob": logprob, "bytes": self.token_bytes(token_id)}
