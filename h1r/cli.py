@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "h1r.commands.inspect",
     "init": "h1r.commands.init",
     "generate": "h1r.commands.generate",
+    "chat": "h1r.commands.chat",
     "sft": "h1r.commands.sft",
     "data": "h1r.commands.data",
     "eval": "h1r.commands.eval",
@@ -37,7 +38,6 @@ HELP: dict[str, str] = {
     "grpo": "GRPO reinforcement learning with verifiable rewards",
     "data": "synthesise the curriculum, train a tokenizer, estimate pass rates",
     "serve": "OpenAI-compatible HTTP server",
-    "bench": "benchmarks against peers and the bandwidth limit",
     "inspect": "summarise a checkpoint: config, parameters, memory per sequence",
     "init": "write a random checkpoint of a preset shape",
 }

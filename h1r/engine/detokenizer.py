@@ -24,3 +24,12 @@ class IncrementalDetokenizer:
             self.text += new
             return new
         return ""
+
+    def flush(self) -> str:
+        """The sequence ended: hand out whatever was held back (a trailing partial character as U+FFFD)."""
+        prefix = self.tok.decode(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=self.skip)
+        full = self.tok.decode(self.ids[self.prefix_offset:], skip_special_tokens=self.skip)
+        new = full[len(prefix):] if len(full) > len(prefix) else ""
+        self.prefix_offset = self.read_offset = len(self.ids)
+        self.text += new
+        return new

@@ -98,6 +98,37 @@ class LLM:
             self.engine.release(r)
         return outs
 
+    def stream(self, prompt, params: SamplingParams | None = None):
+        """Generate for one prompt (text or token ids), yielding (sample index, new text) as tokens arrive;
+        the pieces of each sample join into the `text` generate() returns. Closing the generator early (a
+        break, Ctrl-C) aborts the request and frees its cache."""
+        from h1r.engine.detokenizer import IncrementalDetokenizer
+
+        params = params or SamplingParams()
+        rid = f"stream-{next(self._ids)}"
+        req = self.engine.add_request(rid, prompt, params)
+        # the engine detokenizes only to find stop strings; otherwise text is made here, from the output
+        # alone (no prompt context), exactly as generate() decodes it
+        detoks = None if params.stop else [IncrementalDetokenizer(self.tokenizer, [], params.skip_special_tokens)
+                                           for _ in range(params.n)]
+        try:
+            while not req.finished:
+                for u in self.engine.step():
+                    if u.request_id != rid:
+                        continue
+                    text = u.new_text
+                    if detoks is not None:
+                        d = detoks[u.index]
+                        text = "".join(d.add(t) for t in u.new_token_ids) + (d.flush() if u.finished else "")
+                    if text:
+                        yield u.index, text
+        finally:
+            if not req.finished:
+                self.engine.abort_request(rid)
+            while self.engine.has_unfinished():  # land the step in flight so the abort frees its cache
+                self.engine.step()
+            self.engine.release(rid)
+
     def chat(self, messages, params: SamplingParams | None = None, use_tqdm: bool = False,
              add_generation_prompt: bool = True, **template_kwargs) -> list[RequestOutput]:
         """messages: one conversation (list of {role, content}) or a list of conversations."""
