@@ -74,3 +74,15 @@ def test_chat_command_keeps_history_and_resets(model_dir, monkeypatch, capsys):
 def test_chat_rejects_n_above_one(model_dir, capsys):
     assert main(["chat", "--model", str(model_dir), "--n", "3"]) == 2
     assert "--n must be 1" in capsys.readouterr().err
+
+
+def test_text_is_the_same_with_and_without_stop_strings(byte_level_model_dir):
+    """With stop strings the engine detokenizes incrementally; a sequence that ends without meeting one
+    (length) must still get exactly decode(output ids), partial trailing character included."""
+    llm = LLM(str(byte_level_model_dir), **KW)
+    for seed in range(6):
+        plain = SamplingParams(temperature=1.0, max_tokens=20, seed=seed, ignore_eos=True)
+        with_stop = SamplingParams(temperature=1.0, max_tokens=20, seed=seed, ignore_eos=True, stop=["\x00never"])
+        a = llm.generate(["w1"], plain)[0].outputs[0]
+        b = llm.generate(["w1"], with_stop)[0].outputs[0]
+        assert a.token_ids == b.token_ids and a.text == b.text == llm.tokenizer.decode(a.token_ids, skip_special_tokens=True)

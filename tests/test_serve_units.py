@@ -100,6 +100,23 @@ def test_hold_back_keeps_a_partial_stop_string_out_of_the_stream(tok):
     assert ct.stopped and first + second == ct.text and ct.text.split() == ["w1"]
 
 
+def test_finish_releases_a_trailing_partial_character(tmp_path):
+    """A choice cut off (length) in the middle of a multi-byte character still returns its bytes (as
+    U+FFFD, like decode), streamed or not."""
+    from h1r.data.tokenizer_train import save_tokenizer, train_tokenizer
+    from h1r.tokenizer import load_tokenizer
+
+    bl = load_tokenizer(save_tokenizer(train_tokenizer(["hello world " * 20], vocab_size=300), tmp_path))
+    tokens = bl.encode("ab 世界")[:-1]  # ends inside a character
+    assert bl.decode(tokens).endswith("\ufffd")
+    for chunks in ([len(tokens)], [1] * len(tokens)):
+        ct = ChoiceText(bl, bl.encode("x"), ReasoningRouter(None, None, False), [])
+        streamed = "".join(ct.add(tokens[i:i + n]).get(CONTENT, "") for i, n in
+                           zip([sum(chunks[:j]) for j in range(len(chunks))], chunks))
+        streamed += ct.finish().get(CONTENT, "")
+        assert streamed == ct.text == bl.decode(tokens)
+
+
 def test_prometheus_text():
     c = Counter("x_total", "help", ("endpoint", "status"))
     c.inc("chat", "200")

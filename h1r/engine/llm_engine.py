@@ -410,6 +410,8 @@ class LLMEngine:
             reason = "length"
         if reason is None and seq.num_tokens >= self.max_model_len:
             reason = "length"
+        if reason is not None and seq.detok is not None and not isinstance(stop_reason, str):
+            new_text += seq.detok.flush()  # a trailing partial character, as decode() would show it
         updates.append(SeqUpdate(seq.request.request_id, seq.index, [tok], new_text, reason is not None))
         if reason is not None:
             seq.stop_reason = stop_reason

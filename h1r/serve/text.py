@@ -47,7 +47,12 @@ class ChoiceText:
         return self._release(final=False)
 
     def finish(self) -> dict[str, str]:
-        """The choice is done: release everything held back."""
+        """The choice is done: release everything held back, a trailing partial character included."""
+        if not self.stopped:
+            for seg in self.segments.values():
+                before = len(seg.text)
+                seg.text += seg.detok.flush()
+                self._apply_stop(seg, before)
         return self._release(final=True)
 
     @property
