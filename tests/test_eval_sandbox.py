@@ -159,7 +159,10 @@ def test_hostile_programs_score_zero_and_harm_nothing(victim):
     # failing for the intended reason, not because the sandbox itself broke
     assert results["infinite loop"].tests[0].status == "timeout"
     assert results["sleep, swallowing timeouts"].tests[0].status == "timeout"
-    assert "MemoryError" in results["memory bomb"].error and "MemoryError" in results["growing memory"].error
+    assert "MemoryError" in results["memory bomb"].error
+    # touching 512 MB costs page-fault CPU time: on a loaded machine the 0.5 s CPU limit may come first
+    grow = results["growing memory"]
+    assert "MemoryError" in grow.error or grow.tests[0].status == "timeout", grow.error
     assert results["flood stdout"].tests[0].status == "output_limit"
     assert "not allowed" in results["fork bomb"].error and "not allowed" in results["kill parent"].error
 
