@@ -79,7 +79,7 @@ class Tokenizer:
         self.eos_token = _token_str(self.config.get("eos_token"))
         self.pad_token = _token_str(self.config.get("pad_token"))
         self._jinja = None
-        self._bytes_kind: str | None = None
+        self._bytes_rules: tuple[str, set[int]] | None = None  # (decoder kind, special ids), see token_bytes
 
     # ---- ids ---------------------------------------------------------------------------------
     @property
@@ -133,24 +133,25 @@ class Tokenizer:
     def token_bytes(self, i: int) -> bytes:
         """The raw bytes one token stands for (OpenAI's logprob `bytes`), also when it is only part of a
         UTF-8 character, where decode([i]) would give U+FFFD."""
-        if self._bytes_kind is None:
+        if self._bytes_rules is None:  # read the decoder once, on first use
             kinds = _decoder_kinds(self.path)
-            self._bytes_kind = "byte_level" if "ByteLevel" in kinds else "metaspace" if kinds else "text"
+            kind = "byte_level" if "ByteLevel" in kinds else "metaspace" if kinds & {"Metaspace", "Replace"} else "text"
+            self._bytes_rules = (kind, self.special_token_ids)
+        kind, special = self._bytes_rules
         tok = self.id_to_token(i)
         if tok is None:
             return b""
-        if i in self.special_token_ids or tok in SPECIAL_TOKENS:
+        if i in special:  # added tokens are stored as plain text
             return tok.encode("utf-8")
-        if self._bytes_kind == "byte_level":
-            alphabet = _BYTE_LEVEL
-            if all(c in alphabet for c in tok):
-                return bytes(alphabet[c] for c in tok)
+        if kind == "byte_level":
+            if all(c in _BYTE_LEVEL for c in tok):
+                return bytes(_BYTE_LEVEL[c] for c in tok)
         elif len(tok) == 6 and tok.startswith("<0x") and tok.endswith(">"):  # byte fallback
             try:
                 return bytes([int(tok[3:5], 16)])
             except ValueError:
                 pass
-        elif self._bytes_kind == "metaspace":
+        elif kind == "metaspace":
             return tok.replace("\u2581", " ").encode("utf-8")
         return self.decode([i]).encode("utf-8")
 

@@ -109,11 +109,9 @@ def test_finish_releases_a_trailing_partial_character(tmp_path):
     bl = load_tokenizer(save_tokenizer(train_tokenizer(["hello world " * 20], vocab_size=300), tmp_path))
     tokens = bl.encode("ab 世界")[:-1]  # ends inside a character
     assert bl.decode(tokens).endswith("\ufffd")
-    for chunks in ([len(tokens)], [1] * len(tokens)):
+    for pieces in ([tokens], [[t] for t in tokens]):  # whole, then token by token
         ct = ChoiceText(bl, bl.encode("x"), ReasoningRouter(None, None, False), [])
-        streamed = "".join(ct.add(tokens[i:i + n]).get(CONTENT, "") for i, n in
-                           zip([sum(chunks[:j]) for j in range(len(chunks))], chunks))
-        streamed += ct.finish().get(CONTENT, "")
+        streamed = "".join(ct.add(p).get(CONTENT, "") for p in pieces) + ct.finish().get(CONTENT, "")
         assert streamed == ct.text == bl.decode(tokens)
 
 

@@ -16,20 +16,18 @@ class IncrementalDetokenizer:
     def add(self, token_id: int) -> str:
         """Append one token; return the newly completed text (may be empty)."""
         self.ids.append(token_id)
+        return self._emit(final=False)
+
+    def flush(self) -> str:
+        """The sequence ended: hand out whatever was held back (a trailing partial character as U+FFFD)."""
+        return self._emit(final=True)
+
+    def _emit(self, final: bool) -> str:
         prefix = self.tok.decode(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=self.skip)
         full = self.tok.decode(self.ids[self.prefix_offset:], skip_special_tokens=self.skip)
-        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+        if len(full) > len(prefix) and (final or not full.endswith("\ufffd")):
             new = full[len(prefix):]
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
             self.text += new
             return new
         return ""
-
-    def flush(self) -> str:
-        """The sequence ended: hand out whatever was held back (a trailing partial character as U+FFFD)."""
-        prefix = self.tok.decode(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=self.skip)
-        full = self.tok.decode(self.ids[self.prefix_offset:], skip_special_tokens=self.skip)
-        new = full[len(prefix):] if len(full) > len(prefix) else ""
-        self.prefix_offset = self.read_offset = len(self.ids)
-        self.text += new
-        return new

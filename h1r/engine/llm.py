@@ -125,8 +125,8 @@ class LLM:
         finally:
             if not req.finished:
                 self.engine.abort_request(rid)
-            while self.engine.has_unfinished():  # land the step in flight so the abort frees its cache
-                self.engine.step()
+                while self.engine.has_unfinished():  # land the step in flight so the abort frees its cache
+                    self.engine.step()
             self.engine.release(rid)
 
     def chat(self, messages, params: SamplingParams | None = None, use_tqdm: bool = False,

@@ -39,8 +39,7 @@ class LogprobFormatter:
         return self.tok.decode([token_id], skip_special_tokens=False)
 
     def _token_bytes(self, token_id: int) -> list[int]:
-        raw = getattr(self.tok, "token_bytes", None)
-        return list(raw(token_id)) if raw else list(self.token_text(token_id).encode("utf-8"))
+        return list(self.tok.token_bytes(token_id))
 
     def completion(self, s: TokenLogprobSlice, text_offsets: list[int], base: int = 0) -> dict:
         """Legacy format; the top dict also holds the chosen token (so up to k+1 entries, as OpenAI)."""
