@@ -71,6 +71,18 @@ def test_chat_command_keeps_history_and_resets(model_dir, monkeypatch, capsys):
     assert answers == [first, second, third]
 
 
+def test_chat_survives_a_turn_that_does_not_fit(model_dir, monkeypatch, capsys):
+    long_turn = " ".join(f"w{i % 100}" for i in range(300))  # > --max-model-len
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{long_turn}\nw3\n"))
+    argv = ["chat", "--model", str(model_dir), "--temperature", "0", "--max-tokens", "5", "--max-model-len", "128"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "error:" in err and "context" in err
+    llm = LLM(str(model_dir), **KW)
+    alone = llm.chat([{"role": "user", "content": "w3"}], SamplingParams(temperature=0, max_tokens=5))
+    assert out.splitlines() == [alone[0].outputs[0].text]  # the failed turn left no trace in the history
+
+
 def test_chat_rejects_n_above_one(model_dir, capsys):
     assert main(["chat", "--model", str(model_dir), "--n", "3"]) == 2
     assert "--n must be 1" in capsys.readouterr().err
@@ -85,4 +97,5 @@ def test_text_is_the_same_with_and_without_stop_strings(byte_level_model_dir):
         with_stop = SamplingParams(temperature=1.0, max_tokens=20, seed=seed, ignore_eos=True, stop=["\x00never"])
         a = llm.generate(["w1"], plain)[0].outputs[0]
         b = llm.generate(["w1"], with_stop)[0].outputs[0]
-        assert a.token_ids == b.token_ids and a.text == b.text == llm.tokenizer.decode(a.token_ids, skip_special_tokens=True)
+        assert a.token_ids == b.token_ids
+        assert a.text == b.text == llm.tokenizer.decode(a.token_ids, skip_special_tokens=True)

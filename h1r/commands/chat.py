@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from h1r.commands.generate import add_engine_args, add_sampling_args, build_llm, build_params
+from h1r.engine import SamplingError
 from h1r.errors import H1RError
 
 HELP = "/reset forgets the conversation, /exit quits; Ctrl-C stops an answer"
@@ -90,6 +91,10 @@ def run(args) -> int:
                 answer.append(piece)
                 sys.stdout.write(shown.feed(piece) if shown else piece)
                 sys.stdout.flush()
+        except SamplingError as e:  # e.g. the conversation outgrew the context: say so, keep the session
+            history.pop()
+            print(f"error: {e} (/reset starts a new conversation)", file=sys.stderr)
+            continue
         except KeyboardInterrupt:
             print("\n(stopped)", file=sys.stderr)
         if shown:
