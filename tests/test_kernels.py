@@ -198,8 +198,12 @@ def test_training_path_matches_reference_values_and_gradients():
     reset[1, [0, 70]] = True
     mask = torch.ones(2, 150, dtype=torch.bool, device=DEV)
 
-    def run(kernels, half=True):
-        ctx_mod.USE_TRAIN_KERNELS = kernels
+    import h1r.model.falcon_h1 as fh
+
+    compile_was = fh.COMPILE_TRAINING
+
+    def run(kernels, half=True):  # the reference runs also leave the glue uncompiled (eager PyTorch)
+        ctx_mod.USE_TRAIN_KERNELS = fh.COMPILE_TRAINING = kernels
         model.zero_grad()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=half):
             loss = TokenNLL(model, fused=kernels)(ids, mask, reset=reset).mean()
@@ -215,7 +219,7 @@ def test_training_path_matches_reference_values_and_gradients():
         ref = run(False)  # the plain path in bf16 autocast (its SSD runs in fp32)
         exact = run(False, half=False)  # fp32 throughout: the ground truth
     finally:
-        ctx_mod.USE_TRAIN_KERNELS = True
+        ctx_mod.USE_TRAIN_KERNELS, fh.COMPILE_TRAINING = True, compile_was
     assert all(v > 0 for v in used.values()), used  # the kernels ran, not the reference
     assert all(TK.CALLS[k] - before[k] == used[k] for k in before)  # and the reference runs used none
     assert abs(fast[0] - exact[0]) < 1e-2 * abs(exact[0])

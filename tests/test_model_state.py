@@ -107,3 +107,22 @@ def test_gradients_flow_through_packed_batch(model):
     loss.backward()
     grads = [p.grad for p in m.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("rows", [3, 50])  # fewer / more rows than input features: both routes
+@pytest.mark.parametrize("vector", [False, True])
+def test_scaled_linear_equals_scaling_input_and_output(rows, vector):
+    """µP multipliers move onto the weight for long inputs: values and every gradient stay the same."""
+    from h1r.model.falcon_h1 import scaled_linear
+
+    g = torch.Generator().manual_seed(rows)
+    lin = torch.nn.Linear(16, 12)
+    x = torch.randn(2, rows, 16, generator=g, requires_grad=True)
+    out = torch.rand(12, generator=g) + 0.5 if vector else 0.37
+    got = scaled_linear(x, lin, out, in_scale=1.7)
+    grads = torch.autograd.grad(got.square().sum(), [x, lin.weight, lin.bias])
+    want = lin(x * 1.7) * out
+    ref = torch.autograd.grad(want.square().sum(), [x, lin.weight, lin.bias])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

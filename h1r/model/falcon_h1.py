@@ -12,7 +12,9 @@ provides `positions` [B,T], `attention(layer_idx, q, k, v, scale)` and `mamba(la
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -20,6 +22,63 @@ import torch.nn.functional as F
 
 from h1r.config import ModelConfig
 from h1r.model import ssd
+
+
+# training on CUDA fuses the elementwise glue below with torch.compile; H1R_COMPILE=0 (or setting this
+# False) runs it eagerly, for debugging or where inductor is unavailable
+COMPILE_TRAINING = os.environ.get("H1R_COMPILE", "1") != "0"
+
+
+def fused_when_training(fn):
+    """fn as written, or torch.compile'd (its elementwise ops fused into a few kernels, forward and
+    backward) when it runs on CUDA with autograd on: the glue of a small-hidden model is otherwise
+    dozens of memory-bound passes per layer over [tokens, width] tensors."""
+    compiled = None
+
+    @functools.wraps(fn)
+    def run(*args):
+        nonlocal compiled
+        if COMPILE_TRAINING and args[0].is_cuda and torch.is_grad_enabled():
+            if compiled is None:
+                compiled = torch.compile(fn, dynamic=True)
+            return compiled(*args)
+        return fn(*args)
+
+    run.eager = fn
+    return run
+
+
+@fused_when_training
+def rms_norm(x, weight, eps: float):
+    """Llama-style: normalise in fp32, cast back, then scale."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+@fused_when_training
+def gated_rms_norm(y, z, weight, n_groups: int, eps: float, norm_before_gate: bool):
+    """y [..., d] (fp32), z [..., d] -> grouped RMSNorm of y with a SiLU gate from z, fp32."""
+    if not norm_before_gate:
+        y = y * F.silu(z.float())
+    shape = y.shape
+    yg = y.float().reshape(*shape[:-1], n_groups, shape[-1] // n_groups)
+    yg = yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + eps)
+    y = (weight.float().view(n_groups, -1) * yg).reshape(shape)
+    if norm_before_gate:
+        y = y * F.silu(z.float())
+    return y
+
+
+@fused_when_training
+def silu_mul(g, u):
+    return F.silu(g) * u
+
+
+@fused_when_training
+def add_d_skip(y, x, D):
+    """SSD output y [n,H,P] plus the D skip D[h] * x [n,H,P], in fp32."""
+    return y.float() + D.float()[:, None] * x.float()
 
 
 class RMSNorm(nn.Module):
@@ -31,10 +90,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        dtype = x.dtype
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class GatedRMSNorm(nn.Module):
@@ -46,15 +102,25 @@ class GatedRMSNorm(nn.Module):
         self.n_groups, self.eps, self.norm_before_gate = n_groups, eps, norm_before_gate
 
     def forward(self, y, z):  # y [..., d] (fp32), z [..., d]
-        if not self.norm_before_gate:
-            y = y * F.silu(z.float())
-        shape = y.shape
-        yg = y.float().reshape(*shape[:-1], self.n_groups, shape[-1] // self.n_groups)
-        yg = yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + self.eps)
-        y = (self.weight.float().view(self.n_groups, -1) * yg).reshape(shape)
-        if self.norm_before_gate:
-            y = y * F.silu(z.float())
-        return y
+        return gated_rms_norm(y, z, self.weight, self.n_groups, self.eps, self.norm_before_gate)
+
+
+def scaled_linear(x, lin: nn.Linear, out_scale=1.0, in_scale: float = 1.0):
+    """lin(x * in_scale) * out_scale, out_scale a float or an [out] vector (the µP multipliers).
+
+    With more rows than input features (training, prefill) the scales multiply the weight instead: the
+    same function for weight-sized rather than activation-sized work, forward and backward; one-token
+    decode keeps the activation-sized form, which is then the smaller."""
+    vec = isinstance(out_scale, torch.Tensor)
+    if not vec and out_scale == 1.0 and in_scale == 1.0:
+        return lin(x)
+    if x.numel() // x.shape[-1] > lin.in_features:
+        w_scale = out_scale * in_scale
+        w = lin.weight * (w_scale[:, None].to(lin.weight.dtype) if vec else w_scale)
+        b = lin.bias * (out_scale.to(lin.bias.dtype) if vec else out_scale) if lin.bias is not None else None
+        return F.linear(x, w, b)
+    y = lin(x * in_scale if in_scale != 1.0 else x)
+    return y * (out_scale.to(y.dtype) if vec else out_scale)
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
@@ -65,6 +131,7 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: to
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+@fused_when_training
 def apply_rope(x, cos, sin):  # x [B,T,H,hd], cos/sin [B,T,hd]
     x1, x2 = x.chunk(2, dim=-1)
     rot = torch.cat([-x2, x1], dim=-1)
@@ -82,18 +149,19 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(D, self.n_kv * self.head_dim, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, D, bias=cfg.attention_bias)
         self.key_multiplier = cfg.key_multiplier
+        self.attention_in_multiplier = cfg.attention_in_multiplier
+        self.attention_out_multiplier = cfg.attention_out_multiplier
         self.scale = self.head_dim ** -0.5
 
     def forward(self, h, cos, sin, ctx):  # h [B,T,D]
         B, T, _ = h.shape
-        q = self.q_proj(h).view(B, T, self.n_heads, self.head_dim)
-        k = self.k_proj(h).view(B, T, self.n_kv, self.head_dim)
-        if self.key_multiplier != 1.0:
-            k = k * self.key_multiplier
-        v = self.v_proj(h).view(B, T, self.n_kv, self.head_dim)
+        ai = self.attention_in_multiplier
+        q = scaled_linear(h, self.q_proj, in_scale=ai).view(B, T, self.n_heads, self.head_dim)
+        k = scaled_linear(h, self.k_proj, self.key_multiplier, ai).view(B, T, self.n_kv, self.head_dim)
+        v = scaled_linear(h, self.v_proj, in_scale=ai).view(B, T, self.n_kv, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         o = ctx.attention(self.layer_idx, q, k, v, self.scale)  # [B,T,Hq,hd]
-        return self.o_proj(o.reshape(B, T, -1))
+        return scaled_linear(o.reshape(B, T, -1), self.o_proj, self.attention_out_multiplier)
 
 
 def mup_vector(cfg: ModelConfig) -> torch.Tensor:
@@ -121,17 +189,15 @@ class Mamba2Mixer(nn.Module):
                      if cfg.mamba_rms_norm else None)
         self.out_proj = nn.Linear(self.d_ssm, cfg.hidden_size, bias=cfg.projectors_bias)
         self.register_buffer("mup_vector", mup_vector(cfg), persistent=False)
-        self.ssm_in_multiplier = cfg.ssm_in_multiplier
+        self.ssm_in_multiplier, self.ssm_out_multiplier = cfg.ssm_in_multiplier, cfg.ssm_out_multiplier
         self.dt_min, self.dt_max = cfg.time_step_limit
 
     def forward(self, h, ctx):  # h [B,T,D]
-        if self.ssm_in_multiplier != 1.0:
-            h = h * self.ssm_in_multiplier
-        zxbcdt = self.in_proj(h) * self.mup_vector.to(h.dtype)
+        zxbcdt = scaled_linear(h, self.in_proj, self.mup_vector, self.ssm_in_multiplier)
         z, xBC, dt = zxbcdt.split([self.d_ssm, self.conv_dim, self.n_heads], dim=-1)
         y = ctx.mamba(self.layer_idx, self, xBC, dt)  # [B,T,d_ssm] fp32, D skip included
         y = self.norm(y, z) if self.norm is not None else y * F.silu(z.float())
-        return self.out_proj(y.to(h.dtype))
+        return scaled_linear(y.to(h.dtype), self.out_proj, self.ssm_out_multiplier)
 
     # ---- the mixing math, shared by every context (reference path) ----------------------------
     def discretize(self, dt_raw):
@@ -171,8 +237,7 @@ class Mamba2Mixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         y = ssd_varlen(x, self.discretize(dt_raw).reshape(n, self.n_heads), A,
                        B.reshape(n, self.n_groups, self.d_state), C.reshape(n, self.n_groups, self.d_state), cu)
-        y = y.float() + self.D.float()[:, None] * x.float()
-        return y.reshape(b, T, self.d_ssm)
+        return add_d_skip(y, x, self.D).reshape(b, T, self.d_ssm)
 
     def mix_step(self, xBC, dt_raw, conv_state, ssm_state):
         """Decode: xBC [b,conv_dim], dt_raw [b,H] -> (y [b,d_ssm] fp32, new conv state, new SSM state fp32)."""
@@ -197,11 +262,8 @@ class MLP(nn.Module):
         self.gate_multiplier, self.down_multiplier = cfg.mlp_multipliers
 
     def forward(self, x):
-        g = self.gate_proj(x)
-        if self.gate_multiplier != 1.0:
-            g = g * self.gate_multiplier
-        y = self.down_proj(self.up_proj(x) * F.silu(g))
-        return y * self.down_multiplier if self.down_multiplier != 1.0 else y
+        g = scaled_linear(x, self.gate_proj, self.gate_multiplier)
+        return scaled_linear(silu_mul(g, self.up_proj(x)), self.down_proj, self.down_multiplier)
 
 
 class DecoderLayer(nn.Module):
@@ -212,20 +274,10 @@ class DecoderLayer(nn.Module):
         self.mamba = Mamba2Mixer(cfg, layer_idx)
         self.pre_ff_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.feed_forward = MLP(cfg)
-        self.attention_in_multiplier = cfg.attention_in_multiplier
-        self.attention_out_multiplier = cfg.attention_out_multiplier
-        self.ssm_out_multiplier = cfg.ssm_out_multiplier
 
     def forward(self, h, cos, sin, ctx):
         x = self.input_layernorm(h)
-        m = self.mamba(x, ctx)
-        a_in = x * self.attention_in_multiplier if self.attention_in_multiplier != 1.0 else x
-        a = self.self_attn(a_in, cos, sin, ctx)
-        if self.ssm_out_multiplier != 1.0:
-            m = m * self.ssm_out_multiplier
-        if self.attention_out_multiplier != 1.0:
-            a = a * self.attention_out_multiplier
-        h = h + (m + a)
+        h = h + (self.mamba(x, ctx) + self.self_attn(x, cos, sin, ctx))  # both branches apply their multipliers
         return h + self.feed_forward(self.pre_ff_layernorm(h))
 
 

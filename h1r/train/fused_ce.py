@@ -12,6 +12,7 @@ full logits (tests/test_fused_ce.py).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _chunk_rows(vocab: int, budget_bytes: int = 1 << 30) -> int:
@@ -20,18 +21,19 @@ def _chunk_rows(vocab: int, budget_bytes: int = 1 << 30) -> int:
 
 class ChunkedTokenLogprob(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, targets, scale: float, chunk: int):
-        # h [n, D], weight [V, D], targets [n] -> logp [n] fp32
+    def forward(ctx, h, weight, targets, scale: float, chunk: int, vocab: int):
+        # h [n, D], weight [Vp, D] (rows past `vocab` are padding), targets [n] -> logp [n] fp32
         n = h.shape[0]
         acc = torch.promote_types(h.dtype, torch.float32)  # fp32 logits for bf16/fp32 inputs
         out = torch.empty(n, dtype=acc, device=h.device)
         lse = torch.empty(n, dtype=acc, device=h.device)
         for a in range(0, n, chunk):
-            logits = (h[a:a + chunk] @ weight.t()).to(acc) * scale  # [c, V]
+            logits = (h[a:a + chunk] @ weight.t()).to(acc) * scale  # [c, Vp]
+            logits[:, vocab:] = -torch.inf
             lse[a:a + chunk] = torch.logsumexp(logits, dim=-1)
             out[a:a + chunk] = logits.gather(1, targets[a:a + chunk, None])[:, 0] - lse[a:a + chunk]
         ctx.save_for_backward(h, weight, targets, lse)
-        ctx.scale, ctx.chunk = scale, chunk
+        ctx.scale, ctx.chunk, ctx.vocab = scale, chunk, vocab
         return out.float() if acc == torch.float32 else out
 
     @staticmethod
@@ -44,6 +46,7 @@ class ChunkedTokenLogprob(torch.autograd.Function):
         for a in range(0, h.shape[0], chunk):
             hc, g = h[a:a + chunk], grad[a:a + chunk].to(acc)
             logits = (hc @ weight.t()).to(acc) * scale
+            logits[:, ctx.vocab:] = -torch.inf
             p = torch.exp(logits - lse[a:a + chunk, None])  # softmax
             dlogits = -p * g[:, None]  # d logp / d logits = onehot - p
             dlogits.scatter_add_(1, targets[a:a + chunk, None], g[:, None])
@@ -52,15 +55,24 @@ class ChunkedTokenLogprob(torch.autograd.Function):
                 dh[a:a + chunk] = dlogits @ weight
             if dw is not None:
                 dw += (dlogits.t() @ hc).to(acc)
-        return dh, (dw.to(weight.dtype) if dw is not None else None), None, None, None
+        return dh, (dw.to(weight.dtype) if dw is not None else None), None, None, None, None
 
 
 def token_logprobs(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: float = 1.0,
                    chunk: int | None = None) -> torch.Tensor:
     """h [n, D], weight [V, D] (the LM head), targets [n] -> log p(target) [n] fp32.
-    The weight is cast to h's dtype outside the function, so under autocast dW flows back in fp32."""
-    return ChunkedTokenLogprob.apply(h, weight.to(h.dtype), targets, float(scale),
-                                     chunk or _chunk_rows(weight.shape[0]))
+
+    Under autocast the matmuls run in the autocast dtype, as nn.Linear's would (an fp32 residual stream
+    would otherwise send the LM head, the largest matmul of a small model, through fp32 at a tenth of the
+    speed); both casts happen outside the function, so dW and dh flow back in the callers' dtypes."""
+    dev = h.device.type
+    if torch.is_autocast_enabled(dev):
+        h = h.to(torch.get_autocast_dtype(dev))
+    V = weight.shape[0]
+    w = weight.to(h.dtype)
+    if V % 64:  # an odd vocabulary (65537) misaligns every [tokens, V] row and sends cuBLAS to slow
+        w = F.pad(w, (0, 0, 0, -V % 64))  # kernels; zero rows, masked to -inf in the function, fix that
+    return ChunkedTokenLogprob.apply(h, w, targets, float(scale), chunk or _chunk_rows(w.shape[0]), V)
 
 
 @torch.no_grad()
