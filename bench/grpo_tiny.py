@@ -9,7 +9,8 @@ h1r.rewards.math). Writes bench/results/grpo_tiny.json (settings, timings, the c
 accuracy and mean response length per evaluated step, the training curve, per-family accuracy of the
 SFT and GRPO models) and grpo_tiny.png. The numbers are whatever they are.
 
-Other settings tried on the same SFT model (same seed, shared 2-core CPU), not reproduced by default:
+Other settings tried on an earlier SFT model (same seed, before the µP multipliers moved onto the
+weights changed float rounding; that model scored 0.200 held-out), not reproduced by default:
 - learning_rate 8e-4: held-out accuracy fell from 0.200 to 0.097 by step 10 (stopped there).
 - --filter-problems 300 (difficulty filter kept 121: 108 partial, 13 unsolved; dropped 14 solved, 68
   consistent-wrong, 97 unsolved): rollout accuracy on those problems rose ~0.30 -> ~0.38, held-out

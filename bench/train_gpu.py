@@ -5,8 +5,9 @@
 H1R's path: fla's Triton conv/SSD and varlen flash attention over document boundaries, fused chunked
 LM-head cross-entropy (no [tokens, vocab] logits, matmuls in bf16 on a 64-aligned vocabulary), µP
 multipliers applied to the weights rather than the activations, the elementwise glue (norms, gate,
-RoPE, SiLU) fused by torch.compile, per-layer activation checkpointing, bf16 autocast with fp32 master
-weights. `--eager-glue-lengths` also times the same step with the compiled glue off. The peer: transformers' FalconH1ForCausalLM (gradient checkpointing, no
+RoPE, SiLU) fused by torch.compile (by default from 16k tokens per call, falcon_h1.COMPILE_MIN_TOKENS; this
+script compiles at every length it times), per-layer activation checkpointing, bf16 autocast with fp32
+master weights. `--eager-glue-lengths` also times the same step with the compiled glue off. The peer: transformers' FalconH1ForCausalLM (gradient checkpointing, no
 compiled Mamba kernels, one document per sequence since it has no packing), where it fits.
 
 Model FLOPs per step (what MFU counts; recomputation from checkpointing is not counted):
@@ -164,8 +165,10 @@ def main(argv=None):
     ap.add_argument("--out", default="bench/results/train_gpu.json")
     ap.add_argument("--profile", action="store_true", help="profile one step of the first preset/length and exit")
     args = ap.parse_args(argv)
+    import h1r.model.falcon_h1 as fh
     from h1r.config import preset
 
+    fh.COMPILE_MIN_TOKENS = 0  # time the compiled glue at every length; eager_glue rows time the other path
     dev = torch.device("cuda")
     rate = matmul_rate(dev)
     res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "matmul_TFLOPs": rate / 1e12, "runs": []}
@@ -187,8 +190,6 @@ def main(argv=None):
                      "model_flops": model_flops(cfg, docs), "peak_memory_GB": peak, "loss": loss}
                 r["MFU"] = r["model_flops"] / dt / rate
                 if str(T) in args.eager_glue_lengths.split(","):
-                    import h1r.model.falcon_h1 as fh
-
                     fh.COMPILE_TRAINING = False
                     try:
                         e = h1r_step_time(cfg, T, docs, dev)

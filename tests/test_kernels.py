@@ -200,7 +200,8 @@ def test_training_path_matches_reference_values_and_gradients():
 
     import h1r.model.falcon_h1 as fh
 
-    compile_was = fh.COMPILE_TRAINING
+    compile_was = fh.COMPILE_TRAINING, fh.COMPILE_MIN_TOKENS
+    fh.COMPILE_MIN_TOKENS = 0  # these 300 tokens would otherwise stay eager
 
     def run(kernels, half=True):  # the reference runs also leave the glue uncompiled (eager PyTorch)
         ctx_mod.USE_TRAIN_KERNELS = fh.COMPILE_TRAINING = kernels
@@ -219,7 +220,8 @@ def test_training_path_matches_reference_values_and_gradients():
         ref = run(False)  # the plain path in bf16 autocast (its SSD runs in fp32)
         exact = run(False, half=False)  # fp32 throughout: the ground truth
     finally:
-        ctx_mod.USE_TRAIN_KERNELS, fh.COMPILE_TRAINING = True, compile_was
+        ctx_mod.USE_TRAIN_KERNELS = True
+        fh.COMPILE_TRAINING, fh.COMPILE_MIN_TOKENS = compile_was
     assert all(v > 0 for v in used.values()), used  # the kernels ran, not the reference
     assert all(TK.CALLS[k] - before[k] == used[k] for k in before)  # and the reference runs used none
     assert abs(fast[0] - exact[0]) < 1e-2 * abs(exact[0])

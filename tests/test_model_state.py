@@ -126,3 +126,37 @@ def test_scaled_linear_equals_scaling_input_and_output(rows, vector):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     for a, b in zip(grads, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_glue_is_compiled_only_for_long_cuda_training_inputs(monkeypatch):
+    """torch.compile only pays when training on CUDA over many tokens (measured slower below
+    COMPILE_MIN_TOKENS); everywhere else the plain function runs."""
+    import math
+
+    import h1r.model.falcon_h1 as fh
+
+    class FakeCuda:  # what the decorator looks at: device, shape, size
+        is_cuda = True
+
+        def __init__(self, *shape):
+            self.shape = shape
+
+        def numel(self):
+            return math.prod(self.shape)
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: (lambda *a: compiled.append(a[0].shape) or "compiled"))
+    monkeypatch.setattr(fh, "COMPILE_MIN_TOKENS", 100)
+
+    @fh.fused_when_training(feature_dims=2)
+    def f(x):
+        return "eager"
+
+    assert f(FakeCuda(1, 99, 6, 8)) == "eager"  # 99 tokens of [6, 8] features
+    assert f(FakeCuda(2, 50, 6, 8)) == "compiled"  # 100 tokens
+    assert f(torch.zeros(1, 200, 6, 8)) == "eager"  # a CPU tensor
+    with torch.no_grad():
+        assert f(FakeCuda(1, 500, 6, 8)) == "eager"  # inference
+    monkeypatch.setattr(fh, "COMPILE_TRAINING", False)
+    assert f(FakeCuda(1, 500, 6, 8)) == "eager"  # switched off
+    assert compiled == [(2, 50, 6, 8)]

@@ -27,28 +27,38 @@ from h1r.model import ssd
 # training on CUDA fuses the elementwise glue below with torch.compile; H1R_COMPILE=0 (or setting this
 # False) runs it eagerly, for debugging or where inductor is unavailable
 COMPILE_TRAINING = os.environ.get("H1R_COMPILE", "1") != "0"
+# below this many tokens per call the compiled glue measured slower than eager on an H200 (the step is
+# host-bound there: 1.5B-deep at 8k tokens 5.2k tok/s compiled vs 7.5k eager; at 16k 10.6k vs 9.7k;
+# bench/results/train_gpu.json)
+COMPILE_MIN_TOKENS = 16384
 
 
-def fused_when_training(fn):
-    """fn as written, or torch.compile'd (its elementwise ops fused into a few kernels, forward and
-    backward) when it runs on CUDA with autograd on: the glue of a small-hidden model is otherwise
-    dozens of memory-bound passes per layer over [tokens, width] tensors."""
-    compiled = None
+def fused_when_training(feature_dims: int):
+    """Decorator: fn as written, or torch.compile'd (its elementwise ops fused into a few kernels, forward
+    and backward) when it runs on CUDA with autograd on over at least COMPILE_MIN_TOKENS tokens: the glue
+    of a small-hidden model is otherwise dozens of memory-bound passes per layer over [tokens, width]
+    tensors. `feature_dims`: trailing dims of the first argument that are not tokens."""
 
-    @functools.wraps(fn)
-    def run(*args):
-        nonlocal compiled
-        if COMPILE_TRAINING and args[0].is_cuda and torch.is_grad_enabled():
-            if compiled is None:
-                compiled = torch.compile(fn, dynamic=True)
-            return compiled(*args)
-        return fn(*args)
+    def wrap(fn):
+        compiled = None
 
-    run.eager = fn
-    return run
+        @functools.wraps(fn)
+        def run(*args):
+            nonlocal compiled
+            x = args[0]
+            if COMPILE_TRAINING and x.is_cuda and torch.is_grad_enabled() and \
+                    x.numel() // math.prod(x.shape[-feature_dims:]) >= COMPILE_MIN_TOKENS:
+                if compiled is None:
+                    compiled = torch.compile(fn, dynamic=True)
+                return compiled(*args)
+            return fn(*args)
+
+        return run
+
+    return wrap
 
 
-@fused_when_training
+@fused_when_training(feature_dims=1)
 def rms_norm(x, weight, eps: float):
     """Llama-style: normalise in fp32, cast back, then scale."""
     xf = x.float()
@@ -56,7 +66,7 @@ def rms_norm(x, weight, eps: float):
     return weight * xf.to(x.dtype)
 
 
-@fused_when_training
+@fused_when_training(feature_dims=1)
 def gated_rms_norm(y, z, weight, n_groups: int, eps: float, norm_before_gate: bool):
     """y [..., d] (fp32), z [..., d] -> grouped RMSNorm of y with a SiLU gate from z, fp32."""
     if not norm_before_gate:
@@ -70,12 +80,12 @@ def gated_rms_norm(y, z, weight, n_groups: int, eps: float, norm_before_gate: bo
     return y
 
 
-@fused_when_training
+@fused_when_training(feature_dims=1)
 def silu_mul(g, u):
     return F.silu(g) * u
 
 
-@fused_when_training
+@fused_when_training(feature_dims=2)
 def add_d_skip(y, x, D):
     """SSD output y [n,H,P] plus the D skip D[h] * x [n,H,P], in fp32."""
     return y.float() + D.float()[:, None] * x.float()
@@ -131,7 +141,7 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: to
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-@fused_when_training
+@fused_when_training(feature_dims=2)
 def apply_rope(x, cos, sin):  # x [B,T,H,hd], cos/sin [B,T,hd]
     x1, x2 = x.chunk(2, dim=-1)
     rot = torch.cat([-x2, x1], dim=-1)
