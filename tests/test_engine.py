@@ -245,3 +245,36 @@ def test_pinned_prompt_is_prefilled_once_across_requests(model_dir):
     llm.unpin_prompt(key)
     u = llm.engine.cache_usage()
     assert u["pages_free"] == u["pages_total"] and u["slots_free"] == u["slots_total"]
+
+
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (4, 2), (6, 2), (3, 1)])
+def test_paged_attention_references_read_each_query_heads_own_kv_group(hq, hkv):
+    """The engine's PyTorch attention over pages (decode and chunked prefill with a cached prefix) equals
+    plain per-head attention where query head h reads K/V head h // (hq/hkv)."""
+    import torch.nn.functional as F
+
+    from h1r.engine.context import paged_decode_attention, paged_prefill_attention
+
+    g = torch.Generator().manual_seed(hq * 10 + hkv)
+    P, page, hd = 12, 4, 8
+    kp, vp = torch.randn(P, page, hkv, hd, generator=g), torch.randn(P, page, hkv, hd, generator=g)
+    rep = lambda t: t.repeat_interleave(hq // hkv, dim=0)  # [hkv, L, hd] -> [hq, L, hd]
+
+    table = torch.stack([torch.randperm(P, generator=g)[:5] for _ in range(3)])
+    ctx = torch.tensor([1, 4, 17])  # one token, a page boundary, an odd length
+    q = torch.randn(3, hq, hd, generator=g)
+    out = paged_decode_attention(q, kp, vp, table, ctx, 0.3)
+    for s in range(3):
+        k = kp[table[s]].reshape(-1, hkv, hd)[:ctx[s]].transpose(0, 1)
+        v = vp[table[s]].reshape(-1, hkv, hd)[:ctx[s]].transpose(0, 1)
+        want = F.scaled_dot_product_attention(q[s][:, None], rep(k), rep(v), scale=0.3)[:, 0]
+        torch.testing.assert_close(out[s], want, rtol=1e-5, atol=1e-6)
+
+    pages, cached, T = table[0], 6, 7  # a chunk of 7 tokens after 6 cached ones
+    q = torch.randn(T, hq, hd, generator=g)
+    out = paged_prefill_attention(q, kp, vp, pages, cached, 0.3)
+    k = kp[pages].reshape(-1, hkv, hd)[:cached + T].transpose(0, 1)
+    v = vp[pages].reshape(-1, hkv, hd)[:cached + T].transpose(0, 1)
+    mask = torch.arange(cached + T)[None, :] <= torch.arange(T)[:, None] + cached
+    want = F.scaled_dot_product_attention(q.transpose(0, 1), rep(k), rep(v), attn_mask=mask, scale=0.3)
+    torch.testing.assert_close(out, want.transpose(0, 1), rtol=1e-5, atol=1e-6)

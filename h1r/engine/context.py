@@ -41,17 +41,19 @@ class StepBatch:
 
 
 def paged_decode_attention(q, k_pages, v_pages, page_table, context, scale):
-    """q [S,Hq,hd], k/v_pages [P,page,Hkv,hd], page_table [S,M], context [S] -> [S,Hq,hd]."""
+    """q [S,Hq,hd], k/v_pages [P,page,Hkv,hd], page_table [S,M], context [S] -> [S,Hq,hd].
+
+    GQA without copying K/V per query head: the G = Hq/Hkv query heads that share a K/V head ride
+    as G query rows of that head (query head h reads K/V head h // G)."""
     S, Hq, hd = q.shape
-    page = k_pages.shape[1]
     Hkv = k_pages.shape[2]
-    k = k_pages[page_table].reshape(S, -1, Hkv, hd).transpose(1, 2)  # [S,Hkv,M*page,hd]
-    v = v_pages[page_table].reshape(S, -1, Hkv, hd).transpose(1, 2)
-    if Hq != Hkv:
-        k, v = k.repeat_interleave(Hq // Hkv, dim=1), v.repeat_interleave(Hq // Hkv, dim=1)
+    flat = page_table.reshape(-1)  # index_select: ~7x faster than advanced indexing on CPU
+    k = k_pages.index_select(0, flat).view(S, -1, Hkv, hd).transpose(1, 2)  # [S,Hkv,M*page,hd]
+    v = v_pages.index_select(0, flat).view(S, -1, Hkv, hd).transpose(1, 2)
     mask = torch.arange(k.shape[2], device=q.device)[None, :] < context[:, None]  # [S, M*page]
-    o = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask[:, None, None], scale=scale)
-    return o[:, :, 0]
+    o = F.scaled_dot_product_attention(q.reshape(S, Hkv, Hq // Hkv, hd), k, v, attn_mask=mask[:, None, None],
+                                       scale=scale)  # [S,Hkv,G,hd]
+    return o.reshape(S, Hq, hd)
 
 
 def paged_prefill_attention(q, k_pages, v_pages, pages, num_cached, scale):
@@ -59,14 +61,15 @@ def paged_prefill_attention(q, k_pages, v_pages, pages, num_cached, scale):
     T, Hq, hd = q.shape
     Hkv = k_pages.shape[2]
     ctx = num_cached + T
-    k = k_pages[pages].reshape(-1, Hkv, hd)[:ctx].transpose(0, 1)  # [Hkv,ctx,hd]
-    v = v_pages[pages].reshape(-1, Hkv, hd)[:ctx].transpose(0, 1)
-    if Hq != Hkv:
-        k, v = k.repeat_interleave(Hq // Hkv, dim=0), v.repeat_interleave(Hq // Hkv, dim=0)
+    G = Hq // Hkv
+    k = k_pages.index_select(0, pages).view(-1, Hkv, hd)[:ctx].transpose(0, 1)  # [Hkv,ctx,hd]
+    v = v_pages.index_select(0, pages).view(-1, Hkv, hd)[:ctx].transpose(0, 1)
     qi = torch.arange(T, device=q.device)[:, None] + num_cached
-    mask = torch.arange(ctx, device=q.device)[None, :] <= qi
-    o = F.scaled_dot_product_attention(q.transpose(0, 1), k, v, attn_mask=mask, scale=scale)
-    return o.transpose(0, 1)
+    mask = torch.arange(ctx, device=q.device)[None, :] <= qi  # [T, ctx]
+    # the G query heads of a K/V head as G*T query rows of it (no K/V copy per query head)
+    qg = q.reshape(T, Hkv, G, hd).permute(1, 2, 0, 3).reshape(Hkv, G * T, hd)
+    o = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask.repeat(G, 1), scale=scale)  # [Hkv,G*T,hd]
+    return o.reshape(Hkv, G, T, hd).permute(2, 0, 1, 3).reshape(T, Hq, hd)
 
 
 class EngineContext:
