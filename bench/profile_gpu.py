@@ -60,7 +60,7 @@ if "dec" in what:
     for bs in (1, 64):
         D.profile_step(llm, bs)
     eng = llm.engine
-    T = {"launch": 0.0, "complete": 0.0, "wait": 0.0, "sample": 0.0, "run": 0.0}
+    T = {"launch": 0.0, "complete": 0.0, "wait": 0.0, "run": 0.0}
     orig_l, orig_c, orig_run = eng._launch_decode, eng._complete, eng.runner.run
     def launch(*a, **k):
         t = time.perf_counter(); r = orig_l(*a, **k); T["launch"] += time.perf_counter() - t; return r

@@ -5,10 +5,11 @@
 H1R's path: fla's Triton conv/SSD and varlen flash attention over document boundaries, fused chunked
 LM-head cross-entropy (no [tokens, vocab] logits, matmuls in bf16 on a 64-aligned vocabulary), µP
 multipliers applied to the weights rather than the activations, the elementwise glue (norms, gate,
-RoPE, SiLU) fused by torch.compile (by default from 16k tokens per call, falcon_h1.COMPILE_MIN_TOKENS; this
-script compiles at every length it times), per-layer activation checkpointing, bf16 autocast with fp32
-master weights. `--eager-glue-lengths` also times the same step with the compiled glue off. The peer: transformers' FalconH1ForCausalLM (gradient checkpointing, no
-compiled Mamba kernels, one document per sequence since it has no packing), where it fits.
+RoPE, SiLU) fused by torch.compile (by default from 16k tokens per call, falcon_h1.COMPILE_MIN_TOKENS;
+this script compiles at every length it times), per-layer activation checkpointing, bf16 autocast with
+fp32 master weights. `--eager-glue-lengths` also times the same step with the compiled glue off. The
+peer: transformers' FalconH1ForCausalLM (gradient checkpointing, no compiled Mamba kernels, one
+document per sequence since it has no packing), where it fits.
 
 Model FLOPs per step (what MFU counts; recomputation from checkpointing is not counted):
     6 * P_matmul * tokens                          all Linear weights incl. the LM head (embedding excluded)
@@ -92,18 +93,17 @@ def h1r_step_time(cfg, T, docs, dev, steps=3):
     step()  # compile / autotune
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    t, c = time.perf_counter(), time.process_time()
+    t = time.perf_counter()
     for _ in range(steps):
         loss = step()
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t) / steps
-    cpu = (time.process_time() - c) / steps  # host CPU per step: near dt means the host, not the GPU, limits
     peak = torch.cuda.max_memory_allocated() / 1e9
     loss = float(loss.detach())
     del model, lossmod, opt
     gc.collect()
     torch.cuda.empty_cache()
-    return dt, peak, loss, cpu
+    return dt, peak, loss
 
 
 def profile_step(cfg, T, docs, dev):
@@ -185,8 +185,8 @@ def main(argv=None):
         for T in [int(x) for x in args.lengths.split(",")]:
             docs = documents(T, g)
             try:
-                dt, peak, loss, cpu = h1r_step_time(cfg, T, docs, dev)
-                r = {"preset": name, "tokens": T, "docs": docs, "seconds": dt, "tok_s": T / dt, "cpu_seconds": cpu,
+                dt, peak, loss = h1r_step_time(cfg, T, docs, dev)
+                r = {"preset": name, "tokens": T, "docs": docs, "seconds": dt, "tok_s": T / dt,
                      "model_flops": model_flops(cfg, docs), "peak_memory_GB": peak, "loss": loss}
                 r["MFU"] = r["model_flops"] / dt / rate
                 if str(T) in args.eager_glue_lengths.split(","):
@@ -195,7 +195,7 @@ def main(argv=None):
                         e = h1r_step_time(cfg, T, docs, dev)
                     finally:
                         fh.COMPILE_TRAINING = True
-                    r["eager_glue"] = {"seconds": e[0], "tok_s": T / e[0], "cpu_seconds": e[3], "loss": e[2]}
+                    r["eager_glue"] = {"seconds": e[0], "tok_s": T / e[0], "loss": e[2]}
             except torch.OutOfMemoryError:
                 r = {"preset": name, "tokens": T, "error": "out of memory"}
                 gc.collect()
@@ -210,7 +210,6 @@ def main(argv=None):
             print(f"{name:<22}{T:>7}{r.get('tok_s', 0):>9.0f}{100 * r.get('MFU', 0):>6.1f}%{r.get('peak_memory_GB', 0):>9.1f}"
                   f"{(T / hf['seconds']) if 'seconds' in hf else 0:>10.0f}"
                   f"{r.get('speedup_vs_transformers', 0):>8.1f}x  {hf.get('error', r.get('error', ''))}"
-                  f"  cpu {r.get('cpu_seconds', 0):.2f}s/step"
                   + (f"  eager glue {r['eager_glue']['tok_s']:.0f} tok/s" if "eager_glue" in r else ""), flush=True)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # after every run: a cut-off run keeps its rows
             Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
