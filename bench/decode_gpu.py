@@ -86,12 +86,16 @@ def drive(llm, prompts, max_tokens):
     decode_time = decode_tokens = 0.0
     ctx_sum = ctx_n = 0
     first_decode = None
+    prefill_steps = []  # (prefill tokens, decode tokens, ms) of every step that prefilled
     while eng.has_unfinished():
         pre = eng.stats.prefill_tokens
+        dec = eng.stats.decode_tokens
         gen = eng.stats.generated_tokens
         t = time.perf_counter()
         eng.step()
         dt = time.perf_counter() - t
+        if eng.stats.prefill_tokens != pre:
+            prefill_steps.append((eng.stats.prefill_tokens - pre, eng.stats.decode_tokens - dec, round(dt * 1e3, 1)))
         if eng.stats.prefill_tokens == pre:
             decode_time += dt
             decode_tokens += eng.stats.generated_tokens - gen
@@ -105,7 +109,7 @@ def drive(llm, prompts, max_tokens):
         eng.release(r)
     return {"seconds": total, "tokens": n, "tok_s": n / total, "decode_seconds": decode_time,
             "decode_tok_s": decode_tokens / max(decode_time, 1e-9),
-            "mean_context": ctx_sum / max(ctx_n, 1),
+            "mean_context": ctx_sum / max(ctx_n, 1), "prefill_steps": prefill_steps,
             "prefill_seconds": (first_decode - t0) if first_decode else total}
 
 
@@ -178,11 +182,12 @@ def profile_prefill(llm, lengths):
     run()
     torch.cuda.synchronize()
     secs = time.perf_counter() - t
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         run()
         torch.cuda.synchronize()
     print(f"prefill step {lengths[:3]}x{len(lengths)}: {secs * 1000:.0f} ms", flush=True)
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=14)
+    table = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cuda_time_total", row_limit=30,
+                                                               max_name_column_width=40, max_shapes_column_width=70)
     print(table, flush=True)
     for p in pages:
         eng.scheduler.pages.release(p)

@@ -9,6 +9,9 @@ dec   the top kernels of one eager decode step at batch 1 and 64 (7B shape, bf16
       host split per decode step (launch, wait for the GPU, post-process) while generating 256 tokens
       for 64 and for 1 prompt of 1k, and the graph replay time at the context reached.
 train the top kernels of one 1.5B-deep SFT step of 16k packed tokens.
+prefill the top kernels of one 7B prefill step of 16 fresh 1k prompts.
+gaps  a CPU+CUDA trace of 24 batch-64 decode steps of the engine (7B, ~1.1k context) written to
+      $OUT/decode_trace.json.gz, and the GPU's idle time between kernels per step.
 """
 import sys, time, os, json
 sys.path.insert(0, ".")
@@ -49,6 +52,53 @@ if "fla" in what:
     for i, n in enumerate(["o", "dq", "dk", "dv", "dg"]):
         a, b = res["chunk"][i], res["parallel"][i]
         print("chunk vs parallel", n, ((a - b).norm() / b.norm()).item(), flush=True)
+if "prefill" in what or "gaps" in what:
+    from h1r import LLM
+    from h1r.checkpoint import init_model
+    from h1r.config import preset
+    from torch.profiler import ProfilerActivity, profile
+    cfg = preset("falcon-h1-7b")
+    model = init_model(cfg, seed=0, device=dev, dtype=torch.bfloat16)
+    llm = LLM(model, D.NullTokenizer(), device=dev, max_num_seqs=64, max_model_len=2112, max_num_batched_tokens=16384,
+              ssm_state_dtype="bfloat16", keep_reference_model=True, gpu_memory_utilization=0.92)
+    if "prefill" in what:
+        D.profile_prefill(llm, [1024] * 16)
+    if "gaps" in what:
+        from h1r import SamplingParams
+        eng = llm.engine
+        sp = SamplingParams(temperature=0, max_tokens=160, ignore_eos=True)
+        g = torch.Generator().manual_seed(1)
+        for i, p in enumerate(torch.randint(10, 1000, (64, 1024), generator=g).tolist()):
+            eng.add_request(f"gap{i}", p, sp)
+        while eng.stats.prefill_tokens < 64 * 1024 or eng.stats.decode_tokens < 64 * 100:
+            eng.step()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(24):
+                eng.step()
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+        kern = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                      if e.device_type == torch.autograd.DeviceType.CUDA)
+        busy, cur_s, cur_e = 0.0, None, None
+        for a, b in kern:
+            if cur_e is None or a > cur_e:
+                if cur_e is not None:
+                    busy += cur_e - cur_s
+                cur_s, cur_e = a, b
+            else:
+                cur_e = max(cur_e, b)
+        busy += (cur_e - cur_s) if cur_e is not None else 0
+        print(f"gaps: 24 steps {wall * 1e3 / 24:.2f} ms/step wall, GPU busy {busy / 1e3 / 24:.2f} ms/step "
+              f"({len(kern)} device events)", flush=True)
+        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=30), flush=True)
+        if os.environ.get("OUT"):
+            prof.export_chrome_trace(os.path.join(os.environ["OUT"], "decode_trace.json.gz"))
+        while eng.has_unfinished():
+            eng.step()
+    del llm, model
+    torch.cuda.empty_cache()
 if "dec" in what:
     from h1r import LLM
     from h1r.checkpoint import init_model

@@ -87,6 +87,40 @@ def test_paged_decode_attention(hq, hkv, hd, page, splits):
     out = paged_decode_attention(q, kp, vp, table, ctx, hd ** -0.5, splits)
     ref = reference(q.float(), kp.float(), vp.float(), table, ctx, hd ** -0.5)
     assert rel(out, ref) < (1e-5 if dtype == torch.float32 else 2e-2)
+    # into a column slice of a wider buffer (the fused output projection's input), other columns untouched
+    wide = torch.full((S, 7 + hq * hd), 3.0, device=DEV, dtype=dtype)
+    got = paged_decode_attention(q, kp, vp, table, ctx, hd ** -0.5, splits, out=wide[:, 7:].view(S, hq, hd))
+    assert got.data_ptr() == wide[:, 7:].data_ptr() and torch.equal(wide[:, 7:].view(S, hq, hd), out)
+    assert torch.all(wide[:, :7] == 3.0)
+
+
+@pytest.mark.parametrize("H,G,P,Ns", [(24, 1, 128, 256), (6, 2, 40, 24)])
+def test_ssd_inputs_fused_equals_reference(H, G, P, Ns):
+    from h1r.model.kernels.prefill import ssd_inputs_reference
+    from h1r.model.kernels.ssd_inputs import ssd_inputs
+
+    g = torch.Generator().manual_seed(H + P)
+    N = 37
+    dtype = torch.bfloat16 if DEV == "cuda" else torch.float32
+    wide = torch.randn(N, H * P + 2 * G * Ns + 8, generator=g).to(DEV, dtype)  # x | B | C views of one buffer
+    x = wide[:, :H * P].view(N, H, P)
+    B = wide[:, H * P:H * P + G * Ns].view(N, G, Ns)
+    C = wide[:, H * P + G * Ns:H * P + 2 * G * Ns].view(N, G, Ns)
+    dt = F.softplus(torch.randn(N, H, generator=g)).to(DEV)
+    A = -torch.rand(H, generator=g).to(DEV)
+    got, ref = ssd_inputs(x, dt, A, B, C, dtype), ssd_inputs_reference(x, dt, A, B, C, dtype)
+    for a, b in zip(got, ref):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a, b)
+
+
+def test_num_splits_fill_the_gpu():
+    from h1r.model.kernels.paged_attention import PROGRAMS_PER_SM, num_splits_for
+
+    assert num_splits_for(64, 2, 2112) * 64 * 2 >= PROGRAMS_PER_SM * 132  # batch 64 is split too
+    assert num_splits_for(64, 2, 300) == 1  # too short a context to split
+    assert num_splits_for(1, 2, 32768) == 64  # capped
+    assert num_splits_for(512, 8, 32768) == 1
 
 
 def test_fused_elementwise():
@@ -110,6 +144,10 @@ def test_fused_elementwise():
         r = r * F.silu(z) if first else r
         assert rel(out, r) < 1e-5
     assert rel(gated_rmsnorm(y, z, None, 1, 1e-5, False, torch.float32), y * F.silu(z)) < 1e-6
+    wide = torch.zeros(R, 64 + 5, device=DEV)
+    gated_rmsnorm(y, z, nw, 2, 1e-5, False, torch.float32, out=wide[:, :64])
+    assert torch.equal(wide[:, :64], gated_rmsnorm(y, z, nw, 2, 1e-5, False, torch.float32))
+    assert torch.all(wide[:, 64:] == 0)
     gu = torch.randn(R, 2 * 300, generator=g).to(DEV)
     assert rel(silu_mul(gu), F.silu(gu[:, :300]) * gu[:, 300:]) < 1e-6
     # rope + K/V store
@@ -130,6 +168,32 @@ def test_fused_elementwise():
     assert rel(q, rope(proj[:, 10:10 + hq * hd].view(N, hq, hd))) < 1e-5
     assert rel(kc[idx], rope(proj[:, 10 + hq * hd:10 + (hq + hkv) * hd].view(N, hkv, hd))) < 1e-5
     assert torch.equal(vc[idx], proj[:, 10 + (hq + hkv) * hd:].view(N, hkv, hd))
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="fla kernels need CUDA")
+@pytest.mark.parametrize("lens", [[1, 63, 64, 65], [300], [2, 129, 3, 1]])
+def test_varlen_conv_fla_matches_reference(lens):
+    """Prefill conv through fla (bf16, [S,C,K] states) against the gather reference: every segment starts
+    from its own cached window, including segments shorter than the window."""
+    pytest.importorskip("fla")
+    from h1r.model.kernels.prefill import varlen_causal_conv
+
+    g = torch.Generator().manual_seed(sum(lens))
+    Cc, K = 300, 4
+    cu_host = [0]
+    for n in lens:
+        cu_host.append(cu_host[-1] + n)
+    cu = torch.tensor(cu_host, device=DEV)
+    wide = torch.randn(cu_host[-1], Cc + 20, generator=g).to(DEV, torch.bfloat16)
+    x = wide[:, 10:10 + Cc]  # a strided column slice, as the fused projection hands it over
+    w, b = torch.randn(Cc, K, generator=g).to(DEV, torch.bfloat16), torch.randn(Cc, generator=g).to(DEV)
+    init = torch.randn(len(lens), Cc, K - 1, generator=g).to(DEV, torch.bfloat16)
+    init[0] = 0  # a fresh segment
+    y, fin = varlen_causal_conv(x, w, b, cu, init, cu_host, use_fla=True)
+    yr, finr = varlen_causal_conv(x, w, b, cu, init, cu_host, use_fla=False)
+    assert y.dtype == torch.bfloat16 and fin.shape == finr.shape
+    assert rel(y, yr) < 1e-2
+    assert torch.equal(fin.float(), finr.float())  # the final window is a copy of inputs, exact
 
 
 @pytest.mark.skipif(DEV != "cuda", reason="fla kernels and flash attention need CUDA")

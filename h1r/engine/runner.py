@@ -62,7 +62,7 @@ class FastRunner:
         return PrefillPlan(cu=torch.tensor(cu, device=dev), cu_host=cu,
                            slots=torch.tensor([s.slot for s in batch.prefills], device=dev),
                            cached_host=[s.num_cached for s in batch.prefills], ctx_index=torch.cat(ctx_idx),
-                           ctx_cu_host=ctx_cu)
+                           ctx_cu_host=ctx_cu, ctx_cu=torch.tensor(ctx_cu, device=dev))
 
     def _splits(self, bs: int) -> int:
         if not self.fast.use_kernels:  # reference path: no triton needed (CPU CI has none)
@@ -76,7 +76,9 @@ class FastRunner:
         if not batch.prefills and S in self._bucket_of:
             return self._replay(batch)
         h = self.fast.hidden(batch.input_ids, batch.positions, batch.kv_index, self.cache, batch.decode_slots,
-                             batch.decode_pages, batch.decode_context, self._plan(batch), self._splits(max(S, 1)))
+                             batch.decode_pages, batch.decode_context, self._plan(batch),
+                             self._splits(self._bucket_of.get(S, max(S, 1))))  # a captured bucket's split count:
+        # SPLITS is a Triton constexpr, so an eager step with an odd decode count would otherwise compile anew
         return self.fast.logits(h[rows])
 
     def _warmup_prefill(self):
@@ -85,13 +87,17 @@ class FastRunner:
         from h1r.engine.context import PrefillSegment
 
         dev = self.fast.device
-        n = max(1, self.page_size // 2)
+        half = max(1, self.page_size // 2)
         empty = torch.zeros(0, dtype=torch.long, device=dev)
-        for cached in (0, n):
+        # (cached, new): odd and 16-aligned token counts, since Triton specialises integer arguments on
+        # divisibility by 16; positions past the scratch page wrap onto it (its contents are garbage anyway)
+        for cached, n in ((0, half), (half, half), (0, 64)):
             pos = torch.arange(cached, cached + n, device=dev)
-            seg = PrefillSegment(0, n, self.scratch_slot, torch.tensor([self.scratch_page], device=dev), cached)
-            batch = StepBatch(torch.zeros(n, dtype=torch.long, device=dev), pos, self.scratch_page * self.page_size + pos,
-                              empty, empty.view(0, 1), empty, [seg])
+            pages = torch.full((-(-(cached + n) // self.page_size),), self.scratch_page, device=dev)
+            seg = PrefillSegment(0, n, self.scratch_slot, pages, cached)
+            batch = StepBatch(torch.zeros(n, dtype=torch.long, device=dev), pos,
+                              self.scratch_page * self.page_size + pos % self.page_size, empty, empty.view(0, 1), empty,
+                              [seg])
             self.fast.logits(self.fast.hidden(batch.input_ids, batch.positions, batch.kv_index, self.cache, empty,
                                               empty.view(0, 1), empty, self._plan(batch)))
         torch.cuda.synchronize()

@@ -2,9 +2,11 @@
 
 Built from a FalconH1ForCausalLM at load time:
 - every µP multiplier is folded into the weight it scales (no extra elementwise passes);
-- in_proj and q/k/v become one GEMM (they read the same normalised input), gate/up another;
+- in_proj and q/k/v become one GEMM (they read the same normalised input), gate/up another, and the
+  two output projections a third ([gated SSM out | attention out] @ [out_proj | o_proj]^T: both
+  branches add into the residual, so one GEMM of the concatenation computes their sum);
 - the decode step uses the Triton kernels (fused slot-indexed SSM/conv updates, paged attention);
-  prefill uses fla's chunked SSD, a gather-based varlen conv and flash attention.
+  prefill uses fla's varlen conv and chunked SSD (inputs built by one Triton kernel) and flash attention.
 Off CUDA (or with kernels=False) every kernel falls back to its PyTorch reference, which is how the
 CPU tests check this file against the plain model.
 """
@@ -34,10 +36,8 @@ class FastLayer:
     A: torch.Tensor  # [H] fp32, -exp(A_log)
     D: torch.Tensor  # [H] fp32
     norm_w: torch.Tensor | None  # [d_ssm] fp32 (gated RMSNorm) or None (plain SiLU gate)
-    w_out: torch.Tensor  # mamba out_proj x ssm_out
-    b_out: torch.Tensor | None
-    w_o: torch.Tensor  # o_proj x attention_out
-    b_o: torch.Tensor | None
+    w_mo: torch.Tensor  # [D, d_ssm + Hq hd]: (mamba out_proj x ssm_out | o_proj x attention_out)
+    b_mo: torch.Tensor | None
     ln2: torch.Tensor
     w_gu: torch.Tensor  # [2I, D] (gate x gate_mult | up)
     b_gu: torch.Tensor | None
@@ -51,6 +51,12 @@ def _fold(w, scale, dtype):
     s = scale if isinstance(scale, torch.Tensor) else torch.tensor(float(scale))
     s = s.to(w.device, torch.float32)
     return (w.float() * (s[:, None] if w.dim() == 2 and s.dim() == 1 else s)).to(dtype).contiguous()
+
+
+def _sum_biases(a, b, dtype):
+    if a is None and b is None:
+        return None
+    return (a if b is None else b if a is None else a + b).to(dtype)
 
 
 class FastFalconH1:
@@ -94,10 +100,10 @@ class FastFalconH1:
                     dt_bias=mx.dt_bias.detach().float().clone(), A=-torch.exp(mx.A_log.detach().float()),
                     D=mx.D.detach().float().clone(),
                     norm_w=mx.norm.weight.detach().float().clone() if mx.norm is not None else None,
-                    w_out=_fold(mx.out_proj.weight, cfg.ssm_out_multiplier, dt),
-                    b_out=_fold(mx.out_proj.bias, cfg.ssm_out_multiplier, dt),
-                    w_o=_fold(at.o_proj.weight, cfg.attention_out_multiplier, dt),
-                    b_o=_fold(at.o_proj.bias, cfg.attention_out_multiplier, dt),
+                    w_mo=torch.cat([_fold(mx.out_proj.weight, cfg.ssm_out_multiplier, dt),
+                                    _fold(at.o_proj.weight, cfg.attention_out_multiplier, dt)], dim=1).contiguous(),
+                    b_mo=_sum_biases(_fold(mx.out_proj.bias, cfg.ssm_out_multiplier, torch.float32),
+                                     _fold(at.o_proj.bias, cfg.attention_out_multiplier, torch.float32), dt),
                     ln2=layer.pre_ff_layernorm.weight.detach().clone(),
                     w_gu=torch.cat([_fold(ff.gate_proj.weight, g_mult, dt), ff.up_proj.weight.detach().to(dt)]),
                     b_gu=(torch.cat([ff.gate_proj.bias.float() * g_mult, ff.up_proj.bias.float()]).to(dt)
@@ -167,12 +173,12 @@ class FastFalconH1:
                 q = rope_and_store(proj, offs[3], offs[4], offs[5], positions, self.inv_freq, kv_index,
                                    kc.view(-1, self.Hkv, self.hd), vc.view(-1, self.Hkv, self.hd),
                                    self.Hq, self.Hkv, self.hd)
-                a = self._attention(li, q, S, decode_table, decode_context, cache, prefill, splits)
-                a = F.linear(a.reshape(N, -1), L.w_o, L.b_o)
+                mo = torch.empty(N, self.d_ssm + self.Hq * self.hd, device=x.device, dtype=self.dtype)
+                self._attention(li, q, S, decode_table, decode_context, cache, prefill, splits,
+                                out=mo[:, self.d_ssm:].view(N, self.Hq, self.hd))
                 y = self._mamba(li, L, xBC, dt, cache, S, decode_slots, prefill)
-                m = F.linear(gated_rmsnorm(y, z, L.norm_w, self.G, self.eps, self.norm_before_gate, self.dtype),
-                             L.w_out, L.b_out)
-                h, x = add_rmsnorm(h, L.ln2, self.eps, m, a)
+                gated_rmsnorm(y, z, L.norm_w, self.G, self.eps, self.norm_before_gate, self.dtype, out=mo[:, :self.d_ssm])
+                h, x = add_rmsnorm(h, L.ln2, self.eps, F.linear(mo, L.w_mo, L.b_mo))
                 dn = F.linear(silu_mul(F.linear(x, L.w_gu, L.b_gu)), L.w_down, L.b_down)
                 nxt = self.layers[li + 1].ln1 if li + 1 < len(self.layers) else self.final_norm
                 h, x = add_rmsnorm(h, nxt, self.eps, dn)
@@ -191,8 +197,8 @@ class FastFalconH1:
             vc.view(-1, self.Hkv, self.hd).index_copy_(0, kv_index, v.reshape(N, self.Hkv, self.hd).to(vc.dtype))
             a = self._attention(li, q, S, decode_table, decode_context, cache, prefill, splits)
             y = self._mamba(li, L, xBC, dt, cache, S, decode_slots, prefill)
-            m = F.linear(self._gate(y, z, L.norm_w).to(self.dtype), L.w_out, L.b_out)
-            h = h + (m + F.linear(a.reshape(N, -1), L.w_o, L.b_o))
+            h = h + F.linear(torch.cat([self._gate(y, z, L.norm_w).to(self.dtype), a.reshape(N, -1)], dim=-1),
+                             L.w_mo, L.b_mo)
             gu = F.linear(self._rms(h, L.ln2), L.w_gu, L.b_gu)
             g, u = gu.chunk(2, dim=-1)
             h = h + F.linear(F.silu(g) * u, L.w_down, L.b_down)
@@ -202,22 +208,22 @@ class FastFalconH1:
         """x: final-normed hidden states (from `hidden`) -> fp32 logits [R, vocab]."""
         return F.linear(x, self.lm_head)[:, :self.vocab_size].float()
 
-    def _attention(self, li, q, S, table, context, cache, prefill, splits):
-        """q [N, Hq, hd] (rotated); the step's K/V are already in the cache."""
+    def _attention(self, li, q, S, table, context, cache, prefill, splits, out=None):
+        """q [N, Hq, hd] (rotated); the step's K/V are already in the cache. -> [N, Hq, hd] (in `out` if given)."""
         kc, vc = cache.k[li], cache.v[li]
         if prefill is None:
-            return self._decode_attention(q, kc, vc, table, context, splits)
-        out = torch.empty_like(q)
+            return self._decode_attention(q, kc, vc, table, context, splits, out)
+        out = torch.empty_like(q) if out is None else out
         if S:
-            out[:S] = self._decode_attention(q[:S], kc, vc, table, context, splits)
+            self._decode_attention(q[:S], kc, vc, table, context, splits, out[:S])
         kflat, vflat = kc.view(-1, self.Hkv, self.hd), vc.view(-1, self.Hkv, self.hd)
         kctx, vctx = kflat[prefill.ctx_index], vflat[prefill.ctx_index]  # every segment's full context
         if self.varlen_flash and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+            ctx_cu = prefill.ctx_cu if prefill.ctx_cu is not None else torch.tensor(prefill.ctx_cu_host, device=q.device)
             lens = [b - a for a, b in zip(prefill.cu_host[:-1], prefill.cu_host[1:])]
             ctxs = [b - a for a, b in zip(prefill.ctx_cu_host[:-1], prefill.ctx_cu_host[1:])]
             try:
-                out[S:] = PF.varlen_attention(q[S:], kctx, vctx, prefill.cu,
-                                              torch.tensor(prefill.ctx_cu_host, device=q.device), max(lens), max(ctxs),
+                out[S:] = PF.varlen_attention(q[S:], kctx, vctx, prefill.cu, ctx_cu, max(lens), max(ctxs),
                                               self.scale)
                 return out
             except RuntimeError as e:  # an older torch without this op: one flash call per segment instead
@@ -231,14 +237,15 @@ class FastFalconH1:
                                                     prefill.cached_host[i], self.scale)
         return out
 
-    def _decode_attention(self, q, kc, vc, table, context, splits):
+    def _decode_attention(self, q, kc, vc, table, context, splits, out=None):
         if self.use_kernels:
             from h1r.model.kernels.paged_attention import paged_decode_attention
 
-            return paged_decode_attention(q, kc, vc, table, context, self.scale, splits)
+            return paged_decode_attention(q, kc, vc, table, context, self.scale, splits, out=out)
         from h1r.engine.context import paged_decode_attention
 
-        return paged_decode_attention(q, kc, vc, table, context, self.scale).to(q.dtype)
+        a = paged_decode_attention(q, kc, vc, table, context, self.scale)
+        return a.to(q.dtype) if out is None else out.copy_(a)
 
     def _mamba(self, li, L: FastLayer, xBC, dt, cache, S, slots, prefill):
         N = xBC.shape[0]
@@ -268,7 +275,7 @@ class FastFalconH1:
             y[:S] = yd
         if prefill is not None:
             pslots = prefill.slots
-            xc, cfin = PF.varlen_causal_conv(xBC[S:], L.conv_w, L.conv_b, prefill.cu, conv[pslots])
+            xc, cfin = PF.varlen_causal_conv(xBC[S:], L.conv_w, L.conv_b, prefill.cu, conv[pslots], prefill.cu_cpu)
             conv[pslots] = cfin.to(conv.dtype)
             x_, B, C = xc.split([self.d_ssm, gn, gn], dim=-1)
             Np = x_.shape[0]
@@ -276,9 +283,9 @@ class FastFalconH1:
             d = self._softplus_clamp(dt[S:], L.dt_bias)
             yp, sfin = PF.varlen_ssd(xh.to(self.dtype) if xBC.is_cuda else xh, d, L.A,
                                      B.reshape(Np, self.G, self.Ns), C.reshape(Np, self.G, self.Ns), prefill.cu,
-                                     st[pslots], self.chunk_size, prefill.cu_host)
+                                     st[pslots], self.chunk_size, prefill.cu_cpu)
             st[pslots] = sfin.to(st.dtype)
-            y[S:] = (yp + L.D[:, None] * xh).reshape(Np, self.d_ssm)
+            torch.addcmul(yp, L.D[:, None], xh, out=y[S:].view(Np, self.H, self.P))  # + D skip, one pass
         return y
 
     def _softplus_clamp(self, dt, dt_bias):
@@ -299,4 +306,10 @@ class PrefillPlan:
     cached_host: list[int]  # tokens already cached per segment
     ctx_index: torch.Tensor  # [sum of contexts] long: flat K/V positions of each segment's whole context
     ctx_cu_host: list[int]
+    ctx_cu: torch.Tensor | None = None  # ctx_cu_host on the device (varlen flash attention)
+    cu_cpu: torch.Tensor | None = None  # cu_host as one CPU tensor shared by every layer (fla's index cache)
+
+    def __post_init__(self):
+        if self.cu_cpu is None:
+            self.cu_cpu = torch.tensor(self.cu_host)
 

@@ -118,10 +118,13 @@ def _gated_norm_kernel(y_ptr, z_ptr, w_ptr, out_ptr, y_s, z_s, out_s, GW, eps,
 
 
 def gated_rmsnorm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor | None, groups: int, eps: float,
-                  norm_before_gate: bool, out_dtype) -> torch.Tensor:
-    """y [R, d] (fp32), z [R, d] (a strided view is fine) -> [R, d] in out_dtype."""
+                  norm_before_gate: bool, out_dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+    """y [R, d] (fp32), z [R, d] (a strided view is fine) -> [R, d] in out_dtype (into `out`, any row stride,
+    when given)."""
     R, d = y.shape
-    out = torch.empty(R, d, device=y.device, dtype=out_dtype)
+    if out is None:
+        out = torch.empty(R, d, device=y.device, dtype=out_dtype)
+    assert out.shape == (R, d) and out.stride(-1) == 1 and y.stride(-1) == 1 and z.stride(-1) == 1
     gw = d // groups
     _gated_norm_kernel[(R, groups)](y, z, weight if weight is not None else y, out, y.stride(0), z.stride(0),
                                     out.stride(0), gw, eps, HAS_NORM=weight is not None, NORM_FIRST=norm_before_gate,

@@ -96,37 +96,49 @@ def _merge_kernel(o_ptr, lse_ptr, out_ptr, o_s, o_h, o_split, lse_s, lse_h, out_
     tl.store(out_ptr + s * out_s + h * out_h + d, out.to(out_ptr.dtype.element_ty), mask=d < hd)
 
 
+# launch shape, from bench/attn_gpu.py on an H200 (7B shape: 12 query / 2 kv heads of 128, 16-token pages)
+BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 4, 2
+PROGRAMS_PER_SM = 4  # a (sequence, kv head) program streams its context serially: one per SM is latency-bound
+
+
 def num_splits_for(batch: int, kv_heads: int, max_context: int, sms: int = 132) -> int:
-    """Split the context only when (sequence, kv head) pairs alone leave most of the GPU idle; each split
-    keeps >= 256 tokens of work."""
+    """Split the context until there are about PROGRAMS_PER_SM programs per SM; each split of the longest
+    context keeps >= 256 tokens of work. Splits beyond a short context are empty and cost one merge term."""
     pairs = max(1, batch * kv_heads)
-    if pairs >= sms // 2:
-        return 1
-    want = -(-2 * sms // pairs)
+    want = -(-PROGRAMS_PER_SM * sms // pairs)
     return int(max(1, min(want, max(1, max_context // 256), 64)))
 
 
 def paged_decode_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, page_table: torch.Tensor,
-                           context: torch.Tensor, scale: float, splits: int = 1) -> torch.Tensor:
-    """q [S, Hq, hd]; k/v_pages [P, page, Hkv, hd]; page_table [S, M] (int); context [S] -> [S, Hq, hd]."""
+                           context: torch.Tensor, scale: float, splits: int = 1, out: torch.Tensor | None = None,
+                           block_n: int | None = None, num_warps: int | None = None,
+                           num_stages: int | None = None) -> torch.Tensor:
+    """q [S, Hq, hd]; k/v_pages [P, page, Hkv, hd]; page_table [S, M] (int); context [S] -> [S, Hq, hd],
+    written into `out` when given (any row stride, e.g. a column slice of a wider buffer)."""
     S, Hq, hd = q.shape
     _, page, Hkv, _ = k_pages.shape
     group = Hq // Hkv
     assert k_pages.stride(-1) == 1 and q.stride(-1) == 1
     o = torch.empty(S, Hq, splits, hd, device=q.device, dtype=torch.float32)
     lse = torch.empty(S, Hq, splits, device=q.device, dtype=torch.float32)
-    block_n = 64 if page >= 64 or 64 % page == 0 else page
+    block_n = block_n or BLOCK_N
+    block_n = block_n if page >= block_n or block_n % page == 0 else page
     _paged_decode_kernel[(S, Hkv, splits)](
         q, k_pages, v_pages, page_table, context, o, lse, scale,
         q.stride(0), q.stride(1), k_pages.stride(0), k_pages.stride(1), k_pages.stride(2), page_table.stride(0),
         o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1), hd,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HD=max(16, triton.next_power_of_2(hd)), PAGE=page, BLOCK_N=block_n,
         SPLITS=splits, INTERPRET=_INTERPRET, PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=4, num_stages=2,
+        num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES,
     )
     if splits == 1:
-        return o[:, :, 0].to(q.dtype)
-    out = torch.empty(S, Hq, hd, device=q.device, dtype=q.dtype)  # weights exp(lse_i) / sum_j exp(lse_j)
+        if out is None:
+            return o[:, :, 0].to(q.dtype)
+        out.copy_(o[:, :, 0])
+        return out
+    if out is None:
+        out = torch.empty(S, Hq, hd, device=q.device, dtype=q.dtype)  # weights exp(lse_i) / sum_j exp(lse_j)
+    assert out.stride(-1) == 1
     _merge_kernel[(S, Hq)](o, lse, out, o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1),
                            out.stride(0), out.stride(1), hd, SPLITS=splits, SP=max(2, triton.next_power_of_2(splits)),
                            HD=max(16, triton.next_power_of_2(hd)), num_warps=4)

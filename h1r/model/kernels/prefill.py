@@ -19,10 +19,45 @@ def segment_ids(cu_seqlens: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.T
     return seg, t - cu_seqlens[seg]
 
 
+def _cpu_tensor(cu_host):
+    """fla memoises its chunk index tables by argument *identity*: pass the same CPU tensor to every layer
+    of a step (PrefillPlan.cu_cpu) and they are built once, not with a synchronising copy per call."""
+    if cu_host is None or isinstance(cu_host, torch.Tensor):
+        return cu_host
+    return torch.tensor(cu_host)
+
+
+def _fla_conv():
+    try:
+        from fla.modules.causal_conv1d import causal_conv1d
+    except Exception:
+        return None
+    return causal_conv1d
+
+
 def varlen_causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cu_seqlens: torch.Tensor,
-                       init_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                       init_states: torch.Tensor, cu_host: list[int] | torch.Tensor | None = None,
+                       use_fla: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x [N, C] raw inputs; weight [C, K]; init_states [S, C, K-1] (zeros for fresh segments)
-    -> (silu(conv) [N, C] fp32, final states [S, C, K-1]) — one gather per lag, no per-segment loop."""
+    -> (silu(conv) [N, C], final states [S, C, K-1]).
+
+    On CUDA in bf16/fp16: fla's varlen causal conv (one pass; output in x's dtype), its [S, C, K] states
+    carrying one unused oldest column. Elsewhere: the reference below (fp32 output)."""
+    half = x.dtype in (torch.bfloat16, torch.float16)
+    fla = _fla_conv() if (use_fla is None and x.is_cuda and half) or use_fla else None
+    if fla is not None:
+        S, Cc, Km1 = init_states.shape
+        init = x.new_zeros(S, Cc, Km1 + 1)
+        init[..., 1:] = init_states
+        y, final = fla(x[None], weight=weight.to(x.dtype), bias=bias.to(x.dtype) if bias is not None else None,
+                       initial_state=init, output_final_state=True, activation="silu", cu_seqlens=cu_seqlens,
+                       cu_seqlens_cpu=_cpu_tensor(cu_host))
+        return y[0], final[..., 1:]
+    return _reference_varlen_conv(x, weight, bias, cu_seqlens, init_states)
+
+
+def _reference_varlen_conv(x, weight, bias, cu_seqlens, init_states):
+    """One gather per lag over all segments, no per-segment loop; fp32."""
     N, Cc = x.shape
     S, _, Km1 = init_states.shape
     K = Km1 + 1
@@ -50,10 +85,23 @@ def _fla_ssd():
     return chunk_simple_gla
 
 
-def varlen_ssd(x, dt, A, B, C, cu_seqlens, init_states, chunk_size, cu_host: list[int] | None = None,
+FUSED_INPUTS = True  # the Triton kernel for fla's q/k/v/g on CUDA (False: the PyTorch reference below)
+
+
+def ssd_inputs_reference(x, dt, A, B, C, dtype):
+    """SSD as simple GLA: q = C, k = B per head, v = x * dt, g = dt * A (see varlen_ssd)."""
+    H, G = x.shape[1], B.shape[1]
+    q = C.to(dtype).repeat_interleave(H // G, dim=1)
+    k = B.to(dtype).repeat_interleave(H // G, dim=1)
+    v = torch.mul(x, dt[..., None]).to(dtype)  # fp32 product (type promotion), one rounding
+    g = dt.float() * A.float()
+    return q, k, v, g
+
+
+def varlen_ssd(x, dt, A, B, C, cu_seqlens, init_states, chunk_size, cu_host: list[int] | torch.Tensor | None = None,
                use_fla: bool | None = None):
     """x [N,H,P], dt [N,H] (after softplus/clamp), A [H], B/C [N,G,Ns], init_states [S,H,P,Ns]
-    -> (y [N,H,P] fp32 without the D skip, final states [S,H,P,Ns] fp32).
+    -> (y [N,H,P] without the D skip (x's dtype on the fla path, else fp32), final states [S,H,P,Ns] fp32).
 
     On CUDA in bf16/fp16 this is fla's chunked simple-GLA (SSD with a scalar decay per head): q=C, k=B, v=x*dt,
     g=dt*A, scale 1, state in [V=P, K=Ns] layout. Elsewhere: the reference scan per segment.
@@ -64,15 +112,18 @@ def varlen_ssd(x, dt, A, B, C, cu_seqlens, init_states, chunk_size, cu_host: lis
     fla = _fla_ssd() if (use_fla is None and x.is_cuda and half) or use_fla else None
     if fla is not None:
         dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.float32
-        q = C.repeat_interleave(H // G, dim=1).to(dtype)
-        k = B.repeat_interleave(H // G, dim=1).to(dtype)
-        v = (x.float() * dt[..., None]).to(dtype)
-        g = (dt * A.float()).float()
+        if x.is_cuda and FUSED_INPUTS:
+            from h1r.model.kernels.ssd_inputs import ssd_inputs
+
+            q, k, v, g = ssd_inputs(x, dt, A, B, C, dtype)
+        else:
+            q, k, v, g = ssd_inputs_reference(x, dt, A, B, C, dtype)
         o, final = fla(q[None], k[None], v[None], g=g[None], scale=1.0, initial_state=init_states.float(),
                        output_final_state=True, state_v_first=True, cu_seqlens=cu_seqlens,
-                       cu_seqlens_cpu=torch.tensor(cu_host) if cu_host is not None else None)
-        return o[0].float(), final.float()
-    cu = cu_host if cu_host is not None else cu_seqlens.tolist()
+                       cu_seqlens_cpu=_cpu_tensor(cu_host))
+        return o[0], final.float()
+    cu = (cu_host.tolist() if isinstance(cu_host, torch.Tensor) else cu_host) if cu_host is not None \
+        else cu_seqlens.tolist()
     ys, finals = [], []
     for s in range(len(cu) - 1):
         a, b = cu[s], cu[s + 1]
