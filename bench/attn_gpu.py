@@ -11,12 +11,12 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.decode_gpu import ceilings, time_graph  # noqa: E402
 from h1r.engine.context import paged_decode_attention as reference  # noqa: E402
 from h1r.model.kernels import paged_attention as PA  # noqa: E402
 
@@ -34,45 +34,13 @@ def setup(batch, ctx, dev, g):
     return q, kp, vp, table, context
 
 
-def time_graph(fn, reps=50):
-    """Microseconds per call, replayed from a CUDA graph (as the engine runs it)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(10):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / (reps * 10)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/attn_gpu.json")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(0)
-    x = torch.empty(1 << 30, dtype=torch.uint8, device=dev)
-    y = torch.empty_like(x)
-    y.copy_(x)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(20):
-        y.copy_(x)
-    torch.cuda.synchronize()
-    bw = 2 * x.numel() * 20 / (time.perf_counter() - t)
-    del x, y
+    bw, _ = ceilings(dev)
     res = {"device": torch.cuda.get_device_name(0), "copy_GBps": bw / 1e9, "defaults": {
         "BLOCK_N": PA.BLOCK_N, "NUM_WARPS": PA.NUM_WARPS, "NUM_STAGES": PA.NUM_STAGES,
         "PROGRAMS_PER_SM": PA.PROGRAMS_PER_SM}, "shapes": {}}

@@ -113,23 +113,37 @@ def drive(llm, prompts, max_tokens):
             "prefill_seconds": (first_decode - t0) if first_decode else total}
 
 
+def replay_ms(graph, reps=30):
+    """Milliseconds per replay of a captured CUDA graph, replayed back to back (no host work between)."""
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def time_graph(fn, calls=10, reps=50):
+    """Microseconds per call of fn, captured `calls` times in one CUDA graph (as the engine runs it)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up (Triton compiles, cuBLAS picks) off the capture
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return replay_ms(graph, reps) * 1e3 / calls
+
+
 def replay_times(llm, sizes, reps=30):
     """Milliseconds per decode step with no host work: replay each bucket's CUDA graph back to back."""
-    runner = llm.engine.runner
-    out = {}
-    for bs in sizes:
-        if bs not in runner.graphs:
-            continue
-        g = runner.graphs[bs][0]
-        g.replay()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            g.replay()
-        end.record()
-        torch.cuda.synchronize()
-        out[bs] = start.elapsed_time(end) / reps
-    return out
+    graphs = llm.engine.runner.graphs
+    return {bs: replay_ms(graphs[bs][0], reps) for bs in sizes if bs in graphs}
 
 
 def profile_step(llm, bs):

@@ -62,7 +62,7 @@ class FastRunner:
         return PrefillPlan(cu=torch.tensor(cu, device=dev), cu_host=cu,
                            slots=torch.tensor([s.slot for s in batch.prefills], device=dev),
                            cached_host=[s.num_cached for s in batch.prefills], ctx_index=torch.cat(ctx_idx),
-                           ctx_cu_host=ctx_cu, ctx_cu=torch.tensor(ctx_cu, device=dev))
+                           ctx_cu_host=ctx_cu)
 
     def _splits(self, bs: int) -> int:
         if not self.fast.use_kernels:  # reference path: no triton needed (CPU CI has none)

@@ -13,7 +13,7 @@ CPU tests check this file against the plain model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -219,11 +219,10 @@ class FastFalconH1:
         kflat, vflat = kc.view(-1, self.Hkv, self.hd), vc.view(-1, self.Hkv, self.hd)
         kctx, vctx = kflat[prefill.ctx_index], vflat[prefill.ctx_index]  # every segment's full context
         if self.varlen_flash and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
-            ctx_cu = prefill.ctx_cu if prefill.ctx_cu is not None else torch.tensor(prefill.ctx_cu_host, device=q.device)
             lens = [b - a for a, b in zip(prefill.cu_host[:-1], prefill.cu_host[1:])]
             ctxs = [b - a for a, b in zip(prefill.ctx_cu_host[:-1], prefill.ctx_cu_host[1:])]
             try:
-                out[S:] = PF.varlen_attention(q[S:], kctx, vctx, prefill.cu, ctx_cu, max(lens), max(ctxs),
+                out[S:] = PF.varlen_attention(q[S:], kctx, vctx, prefill.cu, prefill.ctx_cu, max(lens), max(ctxs),
                                               self.scale)
                 return out
             except RuntimeError as e:  # an older torch without this op: one flash call per segment instead
@@ -306,10 +305,11 @@ class PrefillPlan:
     cached_host: list[int]  # tokens already cached per segment
     ctx_index: torch.Tensor  # [sum of contexts] long: flat K/V positions of each segment's whole context
     ctx_cu_host: list[int]
-    ctx_cu: torch.Tensor | None = None  # ctx_cu_host on the device (varlen flash attention)
-    cu_cpu: torch.Tensor | None = None  # cu_host as one CPU tensor shared by every layer (fla's index cache)
+    # built once per step, read by every layer:
+    ctx_cu: torch.Tensor = field(init=False)  # ctx_cu_host on the device (varlen flash attention)
+    cu_cpu: torch.Tensor = field(init=False)  # cu_host as one CPU tensor: fla caches its index tables by identity
 
     def __post_init__(self):
-        if self.cu_cpu is None:
-            self.cu_cpu = torch.tensor(self.cu_host)
+        self.ctx_cu = torch.tensor(self.ctx_cu_host, device=self.cu.device)
+        self.cu_cpu = torch.tensor(self.cu_host)
 
