@@ -28,9 +28,22 @@ def model_dir(tmp_path_factory):
     return make_model_dir(tmp_path_factory.mktemp("serve-life"))
 
 
+def slow_steps(llm, seconds=0.005):
+    """Each engine step takes at least `seconds`: a 200-token request then outlasts the clients' short read
+    timeouts on any machine (on a fast one the tiny model answered inside 0.4 s and nothing disconnected)."""
+    step = llm.engine.step
+
+    def slow():
+        time.sleep(seconds)
+        return step()
+
+    llm.engine.step = slow
+    return llm
+
+
 @pytest.fixture(scope="module")
 def srv(model_dir):
-    llm = LLM(str(model_dir), dtype="float32", max_model_len=256, cache_memory=16 << 20, page_size=8)
+    llm = slow_steps(LLM(str(model_dir), dtype="float32", max_model_len=256, cache_memory=16 << 20, page_size=8))
     with BackgroundServer(build_app(llm, ServeConfig(served_model_name="tiny"))) as bg:
         yield bg, llm
 
