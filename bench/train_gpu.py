@@ -1,20 +1,22 @@
 """Training speed on one GPU: one SFT step (forward, backward, AdamW) over a sequence of packed documents.
 
-    python bench/train_gpu.py [--presets falcon-h1-0.5b,falcon-h1-1.5b-deep] [--lengths 8192,16384,32768]
+    python bench/train_gpu.py [--presets falcon-h1-0.5b,falcon-h1-1.5b-deep] [--lengths 8192,16384,32768] [--ac off,on]
 
-H1R's path: fla's Triton conv/SSD and varlen flash attention over document boundaries, fused chunked
+H1R's path: fla's Triton causal conv, the grouped chunked SSD (h1r.model.ssd_packed) and varlen flash
+attention over document boundaries, fused chunked
 LM-head cross-entropy (no [tokens, vocab] logits, matmuls in bf16 on a 64-aligned vocabulary), µP
 multipliers applied to the weights rather than the activations, the elementwise glue (norms, gate,
 RoPE, SiLU) fused by torch.compile (by default from 16k tokens per call, falcon_h1.COMPILE_MIN_TOKENS;
-this script compiles at every length it times), per-layer activation checkpointing, bf16 autocast with
-fp32 master weights. `--eager-glue-lengths` also times the same step with the compiled glue off. The
+this script compiles at every length it times), bf16 autocast with fp32 master weights. Each length is timed
+without (SFT's default) and with per-layer activation checkpointing (`--ac`); `--eager-glue-lengths` also
+times the step with the compiled glue off, `--ssd-compare-lengths` with fla's parallel SSD kernels. The
 peer: transformers' FalconH1ForCausalLM (gradient checkpointing, no compiled Mamba kernels, one
 document per sequence since it has no packing), where it fits.
 
 Model FLOPs per step (what MFU counts; recomputation from checkpointing is not counted):
     6 * P_matmul * tokens                          all Linear weights incl. the LM head (embedding excluded)
   + 6 * L * Hq * hd * sum_doc n_doc^2              causal attention: 2 matmuls x n^2/2 x hd x 2 FLOPs, fwd+bwd x3
-  + 6 * L * H * tokens * (Q * (N + P) + 2 * N * P)  SSD: intra-chunk C.B and (C.B).X, chunk states, outputs
+  + 6 * L * tokens * (G*Q*N + H*Q*P + 2*H*N*P)    SSD: C.B once per group, (C.B).X per head, chunk states, outputs
 MFU = model FLOPs / step time / bf16 matmul rate measured in the same run.
 """
 
@@ -49,8 +51,8 @@ def model_flops(cfg, docs: list[int]) -> float:
     if cfg.tie_word_embeddings:
         p_matmul += V * D
     attn = 6 * L * cfg.num_attention_heads * cfg.attn_head_dim * sum(n * n for n in docs)
-    H, P, N, Q = cfg.mamba_n_heads, cfg.ssm_head_dim, cfg.mamba_d_state, cfg.mamba_chunk_size
-    ssd = 6 * L * H * T * (Q * (N + P) + 2 * N * P)
+    H, P, N, Q, G = cfg.mamba_n_heads, cfg.ssm_head_dim, cfg.mamba_d_state, cfg.mamba_chunk_size, cfg.mamba_n_groups
+    ssd = 6 * L * T * (G * Q * N + H * Q * P + 2 * H * N * P)
     return 6 * p_matmul * T + attn + ssd
 
 
@@ -64,12 +66,14 @@ def documents(T: int, g: torch.Generator) -> list[int]:
     return out
 
 
-def h1r_step_time(cfg, T, docs, dev, steps=3):
+def h1r_step_time(cfg, T, docs, dev, steps=3, ac=True, profile=False):
+    """Seconds per SFT step (after one warm-up step), peak GB, loss. `ac`: per-layer activation checkpointing.
+    `profile`: print the top CUDA kernels of the timed steps (steady state: no compile, no optimizer init)."""
     from h1r.checkpoint import init_model
     from h1r.train.loss import TokenNLL
 
     model = init_model(cfg, seed=0, device=dev, dtype=torch.float32)
-    model.gradient_checkpointing = True
+    model.gradient_checkpointing = ac
     model.train()
     lossmod = TokenNLL(model, fused=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
@@ -90,36 +94,48 @@ def h1r_step_time(cfg, T, docs, dev, steps=3):
         opt.zero_grad(set_to_none=True)
         return loss
 
-    step()  # compile / autotune
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    torch.cuda.synchronize()
-    dt = (time.perf_counter() - t) / steps
-    peak = torch.cuda.max_memory_allocated() / 1e9
-    loss = float(loss.detach())
-    del model, lossmod, opt
-    gc.collect()
-    torch.cuda.empty_cache()
-    return dt, peak, loss
+    try:
+        step()  # compile / autotune / optimizer state
+        torch.cuda.synchronize()
+        if profile:
+            from torch.profiler import ProfilerActivity, profile as prof_ctx
 
-
-def profile_step(cfg, T, docs, dev):
-    """Top CUDA kernels and the CPU/GPU split of one training step."""
-    from torch.profiler import ProfilerActivity, profile
-
-    h1r_step_time(cfg, T, docs, dev, steps=1)  # warm up (compiles, autotunes)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            with prof_ctx(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(steps):
+                    step()
+                torch.cuda.synchronize()
+            events = prof.key_averages()
+            key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+            cuda_ms = sum(getattr(e, key) for e in events) / 1e3 / steps
+            print(f"profile of {steps} steady-state steps: kernels {cuda_ms:.0f} ms per step", flush=True)
+            print(events.table(sort_by=key, row_limit=30, max_name_column_width=60), flush=True)
+        torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
-        h1r_step_time(cfg, T, docs, dev, steps=1)
-        print(f"profiled step (with setup) {time.perf_counter() - t:.2f} s", flush=True)
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25), flush=True)
-    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12), flush=True)
+        for _ in range(steps):
+            loss = step()
+        torch.cuda.synchronize()
+        dt = (time.perf_counter() - t) / steps
+        return dt, torch.cuda.max_memory_allocated() / 1e9, float(loss.detach())
+    finally:
+        del model, lossmod, opt
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
-def hf_step_time(cfg, T, dev, steps=2):
+def run_one(cfg, name, T, docs, dev, rate, ac) -> dict:
+    try:
+        dt, peak, loss = h1r_step_time(cfg, T, docs, dev, ac=ac)
+    except torch.OutOfMemoryError:
+        gc.collect()
+        torch.cuda.empty_cache()
+        return {"preset": name, "tokens": T, "activation_checkpointing": ac, "error": "out of memory"}
+    r = {"preset": name, "tokens": T, "activation_checkpointing": ac, "docs": docs, "seconds": dt, "tok_s": T / dt,
+         "model_flops": model_flops(cfg, docs), "peak_memory_GB": peak, "loss": loss}
+    r["MFU"] = r["model_flops"] / dt / rate
+    return r
+
+
+def hf_step_time(cfg, T, dev, steps=1):
     import transformers
 
     hcfg = transformers.FalconH1Config(**{k: v for k, v in cfg.to_hf_dict().items()
@@ -155,64 +171,80 @@ def hf_step_time(cfg, T, dev, steps=2):
         torch.cuda.empty_cache()
 
 
+def time_variant(cfg, T, docs, dev, ac, module, attr: str, value, flops_per_rate: float) -> dict:
+    """The same step with module.attr = value (a fast path switched off or swapped), restored afterwards."""
+    saved = getattr(module, attr)
+    setattr(module, attr, value)
+    try:
+        dt, _, loss = h1r_step_time(cfg, T, docs, dev, ac=ac)
+    finally:
+        setattr(module, attr, saved)
+    return {"seconds": dt, "tok_s": T / dt, "loss": loss, "MFU": flops_per_rate / dt}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", default="falcon-h1-0.5b,falcon-h1-1.5b-deep")
     ap.add_argument("--lengths", default="8192,16384,32768")
+    ap.add_argument("--ac", default="off,on", help="activation checkpointing settings to time: off, on, or off,on")
     ap.add_argument("--hf-lengths", default="8192")
-    ap.add_argument("--eager-glue-lengths", default="8192,16384",
+    ap.add_argument("--eager-glue-lengths", default="",
                     help="also time these lengths with the torch.compile'd glue off (H1R_COMPILE=0's path)")
+    ap.add_argument("--ssd-compare-lengths", default="",
+                    help="also time these lengths with fla's parallel SSD kernels (the path before ssd_packed)")
+    ap.add_argument("--ssd-eager-lengths", default="",
+                    help="also time these lengths with the SSD's elementwise pieces unfused (no torch.compile)")
     ap.add_argument("--out", default="bench/results/train_gpu.json")
-    ap.add_argument("--profile", action="store_true", help="profile one step of the first preset/length and exit")
+    ap.add_argument("--profile", action="store_true", help="profile steady-state steps of the first preset/length/ac")
     args = ap.parse_args(argv)
     import h1r.model.falcon_h1 as fh
+    import h1r.model.kernels.train as TK
+    import h1r.model.ssd_packed as SP
     from h1r.config import preset
 
     fh.COMPILE_MIN_TOKENS = 0  # time the compiled glue at every length; eager_glue rows time the other path
     dev = torch.device("cuda")
-    rate = matmul_rate(dev)
-    res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "matmul_TFLOPs": rate / 1e12, "runs": []}
-    print(f"bf16 matmul rate {rate / 1e12:.0f} TFLOP/s", flush=True)
-    print(f"{'preset':<22}{'tokens':>7}{'tok/s':>9}{'MFU':>7}{'peak GB':>9}{'HF tok/s':>10}{'speedup':>9}", flush=True)
+    acs = [{"on": True, "off": False}[a] for a in args.ac.split(",")]
     g = torch.Generator().manual_seed(0)
     if args.profile:
         cfg = preset(args.presets.split(",")[0])
         T = int(args.lengths.split(",")[0])
-        profile_step(cfg, T, documents(T, g), dev)
+        dt, peak, _ = h1r_step_time(cfg, T, documents(T, g), dev, steps=2, ac=acs[0], profile=True)
+        print(f"wall {1e3 * dt:.0f} ms per step, peak {peak:.1f} GB", flush=True)
         return
+    rate = matmul_rate(dev)
+    res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "matmul_TFLOPs": rate / 1e12, "runs": []}
+    print(f"bf16 matmul rate {rate / 1e12:.0f} TFLOP/s", flush=True)
+    print(f"{'preset':<22}{'tokens':>7}{'AC':>4}{'tok/s':>9}{'MFU':>7}{'peak GB':>9}{'HF tok/s':>10}{'speedup':>9}", flush=True)
     for name in args.presets.split(","):
         cfg = preset(name)
         for T in [int(x) for x in args.lengths.split(",")]:
             docs = documents(T, g)
-            try:
-                dt, peak, loss = h1r_step_time(cfg, T, docs, dev)
-                r = {"preset": name, "tokens": T, "docs": docs, "seconds": dt, "tok_s": T / dt,
-                     "model_flops": model_flops(cfg, docs), "peak_memory_GB": peak, "loss": loss}
-                r["MFU"] = r["model_flops"] / dt / rate
-                if str(T) in args.eager_glue_lengths.split(","):
-                    fh.COMPILE_TRAINING = False
-                    try:
-                        e = h1r_step_time(cfg, T, docs, dev)
-                    finally:
-                        fh.COMPILE_TRAINING = True
-                    r["eager_glue"] = {"seconds": e[0], "tok_s": T / e[0], "loss": e[2]}
-            except torch.OutOfMemoryError:
-                r = {"preset": name, "tokens": T, "error": "out of memory"}
-                gc.collect()
-                torch.cuda.empty_cache()
-            if str(T) in args.hf_lengths.split(",") and "error" not in r:
-                hf = hf_step_time(cfg, T, dev)
-                r["transformers"] = hf
-                if "seconds" in hf:
-                    r["speedup_vs_transformers"] = hf["seconds"] / r["seconds"]
-            res["runs"].append(r)
-            hf = r.get("transformers", {})
-            print(f"{name:<22}{T:>7}{r.get('tok_s', 0):>9.0f}{100 * r.get('MFU', 0):>6.1f}%{r.get('peak_memory_GB', 0):>9.1f}"
-                  f"{(T / hf['seconds']) if 'seconds' in hf else 0:>10.0f}"
-                  f"{r.get('speedup_vs_transformers', 0):>8.1f}x  {hf.get('error', r.get('error', ''))}"
-                  + (f"  eager glue {r['eager_glue']['tok_s']:.0f} tok/s" if "eager_glue" in r else ""), flush=True)
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # after every run: a cut-off run keeps its rows
-            Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+            for ac in acs:
+                r = run_one(cfg, name, T, docs, dev, rate, ac)
+                variants = [("eager_glue", args.eager_glue_lengths, fh, "COMPILE_TRAINING", False),
+                            ("fla_parallel_ssd", args.ssd_compare_lengths, TK, "SSD_KERNEL", "fla-parallel"),
+                            ("ssd_eager", args.ssd_eager_lengths, SP, "COMPILE", False)]
+                for key, lengths, module, attr, value in variants:
+                    if "error" not in r and str(T) in lengths.split(","):
+                        r[key] = time_variant(cfg, T, docs, dev, ac, module, attr, value, r["model_flops"] / rate)
+                if "error" not in r and ac == acs[0] and str(T) in args.hf_lengths.split(","):
+                    hf = hf_step_time(cfg, T, dev)  # transformers needs gradient checkpointing to fit
+                    r["transformers"] = hf
+                    if "seconds" in hf:
+                        r["speedup_vs_transformers"] = hf["seconds"] / r["seconds"]
+                res["runs"].append(r)
+                hf = r.get("transformers", {})
+                print(f"{name:<22}{T:>7}{'on' if ac else 'off':>4}{r.get('tok_s', 0):>9.0f}{100 * r.get('MFU', 0):>6.1f}%"
+                      f"{r.get('peak_memory_GB', 0):>9.1f}"
+                      f"{(T / hf['seconds']) if 'seconds' in hf else 0:>10.0f}"
+                      f"{r.get('speedup_vs_transformers', 0):>8.1f}x  {hf.get('error', r.get('error', ''))}"
+                      + (f"  eager glue {r['eager_glue']['tok_s']:.0f} tok/s" if "eager_glue" in r else "")
+                      + (f"  fla-parallel SSD {r['fla_parallel_ssd']['tok_s']:.0f} tok/s" if "fla_parallel_ssd" in r else "")
+                      + (f"  SSD eager {r['ssd_eager']['tok_s']:.0f} tok/s" if "ssd_eager" in r else ""),
+                      flush=True)
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # after every run: a cut-off run keeps its rows
+                Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -293,8 +293,9 @@ def test_training_path_matches_reference_values_and_gradients():
     for name, g_exact in exact[1].items():
         e_kernel, e_ref = rel(fast[1][name], g_exact), rel(ref[1][name], g_exact)
         # bf16 error of the kernel path: within 6%, or at most twice the plain path's own bf16 error.
-        # Known gap: the dt-bias gradient (a sum over every token) measured 11.5% here against 3.7% for
-        # the plain bf16 path, on an H200 with fla 0.6's parallel SSD kernels; bounded, not hidden.
+        # The dt-bias bound is loose from the fla-parallel SSD days (11.5% here against 3.7% for the plain
+        # bf16 path); the chunked SSD's dA gradient measured 0.4% off fp32 on its own
+        # (bench/results/ssd_train_gpu.json), so tighten this once the GPU test is re-run.
         bound = 0.15 if name.endswith("dt_bias") else max(0.06, 2 * e_ref)
         if not e_kernel < bound:
             bad.append((name, round(e_kernel, 4), round(e_ref, 4)))

@@ -78,7 +78,10 @@ class DenseContext:
             from h1r.model.kernels import train as K
 
             if K.fla_available():
+                from h1r.model.ssd_packed import doc_ids_from_cu
+
                 self.cu = K.cu_seqlens_from((B, T), self.reset, self.valid, device)
+                self.doc = doc_ids_from_cu(self.cu, B * T)
                 self.max_len = int((self.cu[1:] - self.cu[:-1]).max())
                 self.half_dtype = torch.get_autocast_dtype(device.type)
         new_valid = self.valid if self.valid is not None else torch.ones(B, T, dtype=torch.bool, device=device)
@@ -130,7 +133,7 @@ class DenseContext:
 
     def mamba(self, layer_idx, mixer, xBC, dt_raw):
         if self.cu is not None:
-            return mixer.mix_varlen(xBC.to(self.half_dtype), dt_raw, self.cu)
+            return mixer.mix_varlen(xBC.to(self.half_dtype), dt_raw, self.cu, self.doc)
         st = self.state
         conv0 = st.conv[layer_idx] if st is not None else None
         ssm0 = st.ssm[layer_idx] if st is not None else None

@@ -234,9 +234,10 @@ class Mamba2Mixer(nn.Module):
         y = y + self.D.float()[:, None] * x
         return y.reshape(b, T, self.d_ssm), conv_final, ssm_final
 
-    def mix_varlen(self, xBC, dt_raw, cu):
+    def mix_varlen(self, xBC, dt_raw, cu, doc=None):
         """Training fast path (CUDA): xBC [b,T,conv_dim], dt_raw [b,T,H] of packed documents with
-        boundaries `cu` over the flattened b*T tokens -> y [b,T,d_ssm] fp32 (D skip included)."""
+        boundaries `cu` (document index per token: `doc`) over the flattened b*T tokens -> y [b,T,d_ssm]
+        fp32 (D skip included)."""
         from h1r.model.kernels.train import conv_varlen, ssd_varlen
 
         b, T, _ = xBC.shape
@@ -246,7 +247,8 @@ class Mamba2Mixer(nn.Module):
         x = x.reshape(n, self.n_heads, self.head_dim)
         A = -torch.exp(self.A_log.float())
         y = ssd_varlen(x, self.discretize(dt_raw).reshape(n, self.n_heads), A,
-                       B.reshape(n, self.n_groups, self.d_state), C.reshape(n, self.n_groups, self.d_state), cu)
+                       B.reshape(n, self.n_groups, self.d_state), C.reshape(n, self.n_groups, self.d_state), cu,
+                       doc, self.chunk_size)
         return add_d_skip(y, x, self.D).reshape(b, T, self.d_ssm)
 
     def mix_step(self, xBC, dt_raw, conv_state, ssm_state):

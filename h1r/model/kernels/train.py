@@ -1,11 +1,13 @@
 """Training fast paths (CUDA, bf16/fp16): packed documents described by `cu_seqlens` go through
-fla's causal conv and chunked SSD (Triton, forward and backward) and PyTorch's variable-length
-flash attention (forward and backward). References: DenseContext's plain path with `reset`
+fla's causal conv (Triton, forward and backward), H1R's grouped chunked SSD (h1r.model.ssd_packed) and
+PyTorch's variable-length flash attention (forward and backward). References: DenseContext's plain path with `reset`
 (h1r.model.ssd.causal_conv1d / ssd_chunked and masked SDPA); tests/test_kernels.py compares values
 and gradients.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -73,15 +75,32 @@ def conv_varlen(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return y[0]
 
 
-def ssd_varlen(x, dt, A, B, C, cu: torch.Tensor) -> torch.Tensor:
-    """x [N,H,P], dt [N,H] (after softplus), A [H], B/C [N,G,Ns] -> y [N,H,P] (no D skip), with grads.
+# "chunked": h1r.model.ssd_packed (grouped, linear in the length, any GPU); "fla-parallel": fla's within-document
+# quadratic simple-GLA kernels on per-head copies of B and C (the path before; kept for comparison benches)
+SSD_KERNEL = os.environ.get("H1R_TRAIN_SSD", "chunked")
 
-    SSD is simple-GLA with a scalar decay per head: q=C, k=B, v=x*dt, g=dt*A, scale 1. With gradients
+
+def ssd_varlen(x, dt, A, B, C, cu: torch.Tensor, doc: torch.Tensor | None = None, chunk_size: int = 128) -> torch.Tensor:
+    """x [N,H,P], dt [N,H] (after softplus), A [H], B/C [N,G,Ns] -> y [N,H,P] fp32 (no D skip), with grads.
+
+    doc [N]: document index per token (doc_ids_from_cu(cu)); pass it to skip recomputing it every layer."""
+    CALLS["ssd"] += 1
+    if SSD_KERNEL == "chunked":
+        from h1r.model.ssd_packed import doc_ids_from_cu, ssd_packed
+
+        doc = doc if doc is not None else doc_ids_from_cu(cu, x.shape[0])
+        return ssd_packed(x, dt, A, B, C, doc, chunk_size)
+    if SSD_KERNEL != "fla-parallel":
+        raise ValueError(f"H1R_TRAIN_SSD={SSD_KERNEL!r}: expected 'chunked' or 'fla-parallel'")
+    return _ssd_fla(x, dt, A, B, C, cu)
+
+
+def _ssd_fla(x, dt, A, B, C, cu):
+    """SSD as simple-GLA with a scalar decay per head: q=C, k=B, v=x*dt, g=dt*A, scale 1. With gradients
     this uses fla's parallel (within-document quadratic) kernels: the chunked backward refuses to run on
-    Hopper with Triton 3.4-3.7.0 (fla #640, wrong results), which is what the target machine has."""
+    Hopper with Triton 3.4-3.7.0 (fla #640, wrong results)."""
     from fla.ops.simple_gla import chunk_simple_gla, parallel_simple_gla
 
-    CALLS["ssd"] += 1
     H, G = x.shape[1], B.shape[1]
     dtype = x.dtype
     q = C.repeat_interleave(H // G, dim=1).to(dtype)

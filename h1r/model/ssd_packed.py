@@ -1,0 +1,290 @@
+"""Chunked SSD over packed documents, with B/C shared per group and a hand-written backward (training).
+
+Why not fla's simple-GLA kernels: they see every head as its own q/k, so with G=1 group they repeat C and B
+24 times (24x the C.B work and 24x the saved q/k), and their chunked backward is disabled on Hopper with
+Triton < 3.7.1 (fla #640), which leaves the quadratic within-document kernel (whose dA gradient measured
+8-15% off fp32 on an H200, bench/results/ssd_train_gpu.json). This is the Mamba-2 chunked algorithm as
+batched GEMMs: linear in the sequence, C.B once per group and chunk, the state GEMMs batched over (chunk,
+group) with all the group's heads side by side. It is plain PyTorch: the same code runs on CPU (tested
+against an fp64 recurrence) and GPU, where the elementwise chains between the GEMMs are fused by
+torch.compile (H1R_COMPILE=0 keeps them eager).
+
+Symbols as in h1r.model.ssd; one packed row of n tokens, Q = chunk length, nc = chunks, Hg = H/G heads per
+group, cs = within-chunk inclusive cumsum of the log-decay a = dt*A:
+
+    y_diag[l]  = sum_{s<=l, same doc} (C_l.B_s) exp(cs_l - cs_s) xdt_s                 (intra-chunk)
+    S[c]       = sum_s exp(cs_{Q-1} - cs_s) [doc_s = doc_end(c)] xdt_s (x) B_s           (state made by chunk c)
+    S_in[z]    = sum_{c<z} Gam[z,c] S[c],  Gam[z,c] = exp(tot_{c+1} + .. + tot_{z-1}) [no reset between]
+    y_off[l]   = exp(cs_l) [doc_l = doc_end(z-1)] C_l . S_in[z]                            (state entering)
+
+Matmul operands are in the inputs' dtype (bf16 under autocast) with fp32 accumulation; decays, masks and
+the output are fp32 (fp64 for fp64 inputs). The backward saves the inputs and S_in and recomputes the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import torch.nn.functional as F
+
+from h1r.model.ssd import segsum
+
+# fuse the elementwise chains with torch.compile on CUDA (COMPILE_ON_CPU: tests compare the two)
+COMPILE = os.environ.get("H1R_COMPILE", "1") != "0"
+COMPILE_ON_CPU = False
+
+
+def _fused(fn):
+    compiled = None
+
+    @functools.wraps(fn)
+    def run(*args):
+        nonlocal compiled
+        if COMPILE and (args[0].is_cuda or COMPILE_ON_CPU):
+            if compiled is None:
+                compiled = torch.compile(fn, dynamic=True)
+            return compiled(*args)
+        return fn(*args)
+
+    return run
+
+
+def doc_ids_from_cu(cu: torch.Tensor, n: int) -> torch.Tensor:
+    """cu_seqlens [docs+1] -> document index of each of the n tokens [n] (int64, non-decreasing)."""
+    starts = torch.zeros(n, dtype=torch.int64, device=cu.device)
+    starts[cu[1:-1].long()] = 1
+    return starts.cumsum(0)
+
+
+# ---- the fused elementwise pieces (shapes: cs [nc,Q,H], xdt/dy [nc,Q,H,P], masks [nc,Q(,Q)]) ----------------
+
+def _decay_L(cs, same):
+    """[nc,H,Q,Q]: exp(cs_l - cs_s) for s <= l in one document, else 0."""
+    csh = cs.transpose(1, 2)
+    diff = csh[..., :, None] - csh[..., None, :]
+    return torch.exp(diff.masked_fill(~same[:, None], -torch.inf))
+
+
+@_fused
+def _intra_matrix(cs, CB, same, out_dtype: torch.dtype):
+    """CB [nc,G,Q,Q] (per group) * L (per head) -> M [nc,H,Q,Q] in out_dtype."""
+    nc, Q, H = cs.shape
+    G = CB.shape[1]
+    L = _decay_L(cs, same).view(nc, G, H // G, Q, Q)
+    return (CB[:, :, None] * L).view(nc, H, Q, Q).to(out_dtype)
+
+
+@_fused
+def _intra_grads(dM, cs, CB, same):
+    """dM [nc,H,Q,Q] -> dCB [nc,G,Q,Q] (summed over the group's heads), dcs [nc,Q,H] (through L)."""
+    nc, Q, H = cs.shape
+    G = CB.shape[1]
+    L = _decay_L(cs, same).view(nc, G, H // G, Q, Q)
+    dML = dM.view(nc, G, H // G, Q, Q).to(CB.dtype) * L
+    E = (dML * CB[:, :, None]).view(nc, H, Q, Q)  # d loss / d (cs_l - cs_s)
+    return dML.sum(2), (E.sum(-1) - E.sum(-2)).transpose(1, 2)
+
+
+@_fused
+def _state_inputs(xdt, cs, to_end):
+    """xdt * decay to the chunk's end (0 across a document start) [nc,Q,H,P], in xdt's dtype."""
+    w = torch.exp(cs[:, -1:] - cs) * to_end[..., None]
+    return (xdt.to(cs.dtype) * w[..., None]).to(xdt.dtype)
+
+
+@_fused
+def _state_input_grads(dxw, xdt, cs, to_end):
+    """dxw [nc,Q,H,P] (grad of _state_inputs' output) -> dxdt part [nc,Q,H,P] fp32, dcs [nc,Q,H]."""
+    w = torch.exp(cs[:, -1:] - cs) * to_end[..., None]
+    dxw = dxw.to(cs.dtype)
+    dw = (dxw * xdt.to(cs.dtype)).sum(-1) * w  # d loss / d (cs_end - cs_s)
+    dcs = -dw
+    dcs[:, -1] += dw.sum(1)
+    return dxw * w[..., None], dcs
+
+
+@_fused
+def _combine(y_diag, y_raw, cs, from_start):
+    """y_diag [nc,Q,H,P] + exp(cs) [doc continues] * y_raw -> fp32 [nc,Q,H,P]."""
+    e = torch.exp(cs) * from_start[..., None]
+    return y_diag.to(cs.dtype) + y_raw.to(cs.dtype) * e[..., None]
+
+
+@_fused
+def _off_grads(dy, y_raw, cs, from_start, out_dtype: torch.dtype):
+    """-> dcs [nc,Q,H] through e, and d(y_raw) = dy * e [nc,Q,H,P] in out_dtype."""
+    e = torch.exp(cs) * from_start[..., None]
+    return (dy * y_raw.to(cs.dtype)).sum(-1) * e, (dy * e[..., None]).to(out_dtype)
+
+
+def _chunk_decay(tot: torch.Tensor, gam_mask: torch.Tensor) -> torch.Tensor:
+    """tot [nc,H] (each chunk's summed log-decay), gam_mask [nc,nc] -> Gam [H,nc,nc]: Gam[h,z,c] (c < z)
+    carries the state made by chunk c to the start of chunk z, exp(tot_{c+1} + .. + tot_{z-1}); zero where a
+    document starts in between (gam_mask False)."""
+    nc = tot.shape[0]
+    E = torch.exp(segsum(tot.t()))  # [H,nc,nc]: E[l,s] = exp(tot_{s+1} + .. + tot_l), 0 above the diagonal
+    # row z of Gam is row z-1 of E (the product stops before chunk z); row 0 is zero (nothing enters chunk 0)
+    return F.pad(E, (0, 0, 1, 0))[:, :nc] * gam_mask
+
+
+def _chunk_decay_grad(gam: torch.Tensor, dgam: torch.Tensor) -> torch.Tensor:
+    """d loss / d tot [nc,H]: tot_k is in the exponent of Gam[z,c] for every c < k < z, so
+    dtot_k = sum_{z>k} sum_{c<k} dgam[z,c] gam[z,c]."""
+    R = dgam * gam  # [H,nc,nc]
+    before = F.pad(R.cumsum(-1)[..., :-1], (1, 0))  # [H,z,k]: sum_{c<k} R[z,c]
+    after = before.flip(-2).cumsum(-2).flip(-2)  # [H,z,k]: sum_{z'>=z} of the above
+    return F.pad(after.diagonal(offset=-1, dim1=-2, dim2=-1), (0, 1)).t()  # take z = k+1; the last chunk gets 0
+
+
+class PackedLayout:
+    """Where the documents fall in the chunks: the same for every layer of a step, so the context builds it
+    once (`layout_for`) instead of each layer's forward and backward rebuilding a dozen small tensors."""
+
+    def __init__(self, doc: torch.Tensor, Q: int):
+        n = doc.shape[0]
+        self.n, self.Q, self.pad = n, Q, (-n) % Q
+        if self.pad:  # trailing padding: a document of its own
+            doc = torch.cat([doc, doc[-1:].expand(self.pad) + 1])
+        self.nc = (n + self.pad) // Q
+        docc = doc.view(self.nc, Q)
+        self.doc_end = docc[:, -1]  # [nc]
+        doc_prev = torch.cat([docc.new_full((1,), -1), self.doc_end[:-1]])  # doc at the end of chunk z-1
+        tril = torch.ones(Q, Q, dtype=torch.bool, device=doc.device).tril()
+        self.same = (docc[:, :, None] == docc[:, None, :]) & tril  # [nc,Q,Q] (l, s)
+        self.to_end = docc == self.doc_end[:, None]  # [nc,Q]: token s reaches its chunk's end
+        self.from_start = docc == doc_prev[:, None]  # [nc,Q]: token l sees the state entering its chunk
+        self.gam_mask = F.pad(self.doc_end[:, None] == self.doc_end[None, :], (0, 0, 1, 0))[:self.nc]  # [nc,nc]
+
+
+_last_layout: tuple | None = None  # (doc, Q, layout): one entry, keyed by the doc tensor's identity
+
+
+def layout_for(doc: torch.Tensor, Q: int) -> PackedLayout:
+    global _last_layout
+    if _last_layout is None or _last_layout[0] is not doc or _last_layout[1] != Q:
+        _last_layout = (doc, Q, PackedLayout(doc, Q))
+    return _last_layout[2]
+
+
+class _Chunks:
+    """The per-call views shared by forward and backward."""
+
+    def __init__(self, xdt, a, B, C, lay: PackedLayout):
+        n, H, P = xdt.shape
+        G, N = B.shape[1:]
+        Q, pad, nc = lay.Q, lay.pad, lay.nc
+        if pad:  # trailing padding: no input, no decay
+            xdt, B, C = F.pad(xdt, (0, 0, 0, 0, 0, pad)), F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
+            a = F.pad(a, (0, 0, 0, pad))
+        Hg = H // G
+        self.n, self.pad, self.nc, self.Q, self.H, self.G, self.Hg, self.P, self.N = n, pad, nc, Q, H, G, Hg, P, N
+        self.cd = xdt.dtype  # matmul operand dtype
+        self.fd = torch.promote_types(xdt.dtype, torch.float32)  # decays, masks, outputs
+        self.xdt = xdt.view(nc, Q, H, P)
+        self.Bc = B.view(nc, Q, G, N).transpose(1, 2)  # [nc,G,Q,N]
+        self.Cc = C.view(nc, Q, G, N).transpose(1, 2)
+        self.cs = a.view(nc, Q, H).to(self.fd).cumsum(1)  # [nc,Q,H]
+        self.same, self.to_end, self.from_start, self.lay = lay.same, lay.to_end, lay.from_start, lay
+
+    def CB(self) -> torch.Tensor:
+        return self.Cc.to(self.fd) @ self.Bc.to(self.fd).transpose(-1, -2)  # [nc,G,Q,Q]
+
+    def grouped(self, t: torch.Tensor) -> torch.Tensor:
+        """token layout [nc,Q,H,P] -> [nc,G,Q,Hg*P] (a group's heads side by side)."""
+        return t.reshape(self.nc, self.Q, self.G, self.Hg * self.P).transpose(1, 2)
+
+    def ungrouped(self, t: torch.Tensor) -> torch.Tensor:
+        """[nc,G,Q,Hg*P] -> token layout [nc,Q,H,P]."""
+        return t.transpose(1, 2).reshape(self.nc, self.Q, self.H, self.P)
+
+    def per_head(self, S: torch.Tensor) -> torch.Tensor:
+        """states [nc,G,N,Hg*P] -> [H,nc,N*P]."""
+        nc, G, N, Hg, P = self.nc, self.G, self.N, self.Hg, self.P
+        return S.view(nc, G, N, Hg, P).permute(1, 3, 0, 2, 4).reshape(self.H, nc, N * P)
+
+    def per_chunk(self, S: torch.Tensor) -> torch.Tensor:
+        """[H,nc,N*P] -> states [nc,G,N,Hg*P]."""
+        nc, G, N, Hg, P = self.nc, self.G, self.N, self.Hg, self.P
+        return S.view(G, Hg, nc, N, P).permute(2, 0, 3, 1, 4).reshape(nc, G, N, Hg * P)
+
+    def chunk_states(self) -> torch.Tensor:
+        """S [nc,G,N,Hg*P] (cd): the state each chunk makes from its own tokens, at its end."""
+        return self.Bc.transpose(-1, -2) @ self.grouped(_state_inputs(self.xdt, self.cs, self.to_end))
+
+    def gam(self) -> torch.Tensor:
+        return _chunk_decay(self.cs[:, -1], self.lay.gam_mask)  # [H,nc,nc]
+
+    def states_in(self, S: torch.Tensor, gam: torch.Tensor) -> torch.Tensor:
+        """S_in [nc,G,N,Hg*P] (cd): the state entering each chunk."""
+        return self.per_chunk(gam.to(self.cd) @ self.per_head(S))
+
+    def by_head(self, t: torch.Tensor) -> torch.Tensor:
+        """token layout [nc,Q,H,X] -> [nc,H,Q,X] (a view)."""
+        return t.transpose(1, 2)
+
+
+class PackedSSD(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xdt, a, B, C, layout: PackedLayout):
+        k = _Chunks(xdt, a, B, C, layout)
+        M = _intra_matrix(k.cs, k.CB(), k.same, k.cd)  # [nc,H,Q,Q]
+        y_diag = k.by_head(M @ k.by_head(k.xdt))  # [nc,Q,H,P]
+        S_in = k.states_in(k.chunk_states(), k.gam())
+        y = _combine(y_diag, k.ungrouped(k.Cc @ S_in), k.cs, k.from_start)
+        ctx.save_for_backward(xdt, a, B, C, S_in)
+        ctx.layout = layout
+        return y.reshape(-1, k.H, k.P)[:k.n]
+
+    @staticmethod
+    def backward(ctx, dy):  # dy [n,H,P]
+        xdt, a, B, C, S_in = ctx.saved_tensors
+        k = _Chunks(xdt, a, B, C, ctx.layout)
+        cd, nc, Q, H = k.cd, k.nc, k.Q, k.H
+        dy = F.pad(dy.to(k.fd), (0, 0, 0, 0, 0, k.pad)).reshape(nc, Q, H, k.P)
+
+        # off-diagonal: y_off = e * (C . S_in)
+        dcs, dYo = _off_grads(dy, k.ungrouped(k.Cc @ S_in), k.cs, k.from_start, cd)
+        dYo = k.grouped(dYo)  # [nc,G,Q,Hg*P]
+        dC = (dYo @ S_in.transpose(-1, -2)).to(k.fd)  # [nc,G,Q,N]
+        dS_in = k.Cc.transpose(-1, -2) @ dYo  # [nc,G,N,Hg*P]
+
+        # between chunks: S_in = Gam @ S (per head)
+        S, gam = k.chunk_states(), k.gam()
+        dS_in_h, S_h = k.per_head(dS_in), k.per_head(S)
+        dS = k.per_chunk(gam.to(cd).transpose(-1, -2) @ dS_in_h)
+        dgam = (dS_in_h @ S_h.transpose(-1, -2)).to(k.fd)  # [H,nc,nc]
+        dcs[:, -1] += _chunk_decay_grad(gam, dgam)
+
+        # chunk states: S = B^T @ xw, xw = _state_inputs(xdt)
+        dB = (k.grouped(_state_inputs(k.xdt, k.cs, k.to_end)) @ dS.transpose(-1, -2)).to(k.fd)  # [nc,G,Q,N]
+        dxdt, dcs_w = _state_input_grads(k.ungrouped(k.Bc @ dS), k.xdt, k.cs, k.to_end)
+        dcs += dcs_w
+
+        # intra-chunk: y_diag = M @ xdt, M = CB * L
+        CB = k.CB()
+        dyh = k.by_head(dy).to(cd)  # [nc,H,Q,P]
+        M = _intra_matrix(k.cs, CB, k.same, cd)
+        dxdt += k.by_head(M.transpose(-1, -2) @ dyh)
+        dCB, dcs_L = _intra_grads(dyh @ k.by_head(k.xdt).transpose(-1, -2), k.cs, CB, k.same)
+        dcs += dcs_L
+        dC += dCB @ k.Bc.to(k.fd)
+        dB += dCB.transpose(-1, -2) @ k.Cc.to(k.fd)
+
+        da = dcs.flip(1).cumsum(1).flip(1)  # cs = cumsum(a) within the chunk
+        n = k.n
+        return (dxdt.reshape(-1, H, k.P)[:n].to(xdt.dtype), da.reshape(-1, H)[:n].to(a.dtype),
+                dB.transpose(1, 2).reshape(-1, k.G, k.N)[:n].to(B.dtype),
+                dC.transpose(1, 2).reshape(-1, k.G, k.N)[:n].to(C.dtype), None)
+
+
+def ssd_packed(x, dt, A, B, C, doc: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """x [n,H,P], dt [n,H] (after softplus), A [H], B/C [n,G,N], doc [n] (document index per token, from
+    doc_ids_from_cu) -> y [n,H,P] fp32 (no D skip). Differentiable in x, dt, A, B, C.
+
+    Matmuls run in x's dtype; B and C are cast to it."""
+    fd = torch.promote_types(x.dtype, torch.float32)
+    xdt = (x * dt[..., None].to(x.dtype)).to(x.dtype)
+    a = dt.to(fd) * A.to(fd)
+    return PackedSSD.apply(xdt, a, B.to(x.dtype).contiguous(), C.to(x.dtype).contiguous(), layout_for(doc, int(chunk_size)))
