@@ -165,3 +165,22 @@ def test_layout_is_reused_for_one_doc_tensor_and_rebuilt_for_another():
         assert layout_for(doc, 8) is layout_for(doc, 8)
         assert layout_for(doc, 8) is not layout_for(doc.clone(), 8)
         assert rel(ssd_packed(x, dt, A, B, C, doc, 8), reference(x, dt, A, B, C, cu)) < 1e-10
+
+
+def test_training_dispatch(monkeypatch):
+    """With gradients the training SSD is ssd_packed; forward-only calls keep fla's chunked forward; an
+    unknown H1R_TRAIN_SSD is an error that names it."""
+    import h1r.model.kernels.train as TK
+
+    lens = [6, 10]
+    x, dt, A, B, C, cu = make(lens, 2, 3, 4, 1, torch.float64, seed=19)
+    calls = []
+    monkeypatch.setattr(TK, "_ssd_fla", lambda *a: calls.append("fla") or torch.zeros_like(a[0]))
+    y = TK.ssd_varlen(x.requires_grad_(), dt, A, B, C, cu)
+    assert calls == [] and rel(y, reference(x, dt, A, B, C, cu)) < 1e-10
+    with torch.no_grad():
+        TK.ssd_varlen(x, dt, A, B, C, cu)
+    assert calls == ["fla"]
+    monkeypatch.setattr(TK, "SSD_KERNEL", "fast")
+    with pytest.raises(ValueError, match="H1R_TRAIN_SSD='fast'"):
+        TK.ssd_varlen(x, dt, A, B, C, cu)

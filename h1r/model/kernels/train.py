@@ -83,16 +83,19 @@ SSD_KERNEL = os.environ.get("H1R_TRAIN_SSD", "chunked")
 def ssd_varlen(x, dt, A, B, C, cu: torch.Tensor, doc: torch.Tensor | None = None, chunk_size: int = 128) -> torch.Tensor:
     """x [N,H,P], dt [N,H] (after softplus), A [H], B/C [N,G,Ns] -> y [N,H,P] fp32 (no D skip), with grads.
 
-    doc [N]: document index per token (doc_ids_from_cu(cu)); pass it to skip recomputing it every layer."""
+    doc [N]: document index per token (doc_ids_from_cu(cu)); pass it to skip recomputing it every layer.
+    Forward-only calls (GRPO's logprob recomputation) keep fla's chunked forward, as before: it is correct on
+    Hopper, and ssd_packed's forward alone has not been timed against it."""
     CALLS["ssd"] += 1
-    if SSD_KERNEL == "chunked":
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, dt, A, B, C))
+    if SSD_KERNEL == "chunked" and needs_grad:
         from h1r.model.ssd_packed import doc_ids_from_cu, ssd_packed
 
         doc = doc if doc is not None else doc_ids_from_cu(cu, x.shape[0])
         return ssd_packed(x, dt, A, B, C, doc, chunk_size)
-    if SSD_KERNEL != "fla-parallel":
+    if SSD_KERNEL not in ("chunked", "fla-parallel"):
         raise ValueError(f"H1R_TRAIN_SSD={SSD_KERNEL!r}: expected 'chunked' or 'fla-parallel'")
-    return _ssd_fla(x, dt, A, B, C, cu)
+    return _ssd_fla(x, dt, A, B, C, cu)  # without gradients: fla's chunked forward (correct on Hopper)
 
 
 def _ssd_fla(x, dt, A, B, C, cu):
