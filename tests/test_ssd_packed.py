@@ -184,3 +184,9 @@ def test_training_dispatch(monkeypatch):
     monkeypatch.setattr(TK, "SSD_KERNEL", "fast")
     with pytest.raises(ValueError, match="H1R_TRAIN_SSD='fast'"):
         TK.ssd_varlen(x, dt, A, B, C, cu)
+
+
+def test_a_document_index_of_the_wrong_length_is_a_named_error():
+    x, dt, A, B, C, _ = make([12], 2, 3, 4, 1, torch.float32, seed=23)
+    with pytest.raises(ValueError, match="12 tokens but the document index covers 11"):
+        ssd_packed(x, dt, A, B, C, torch.zeros(11, dtype=torch.int64), 8)

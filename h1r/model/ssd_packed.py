@@ -174,6 +174,8 @@ class _Chunks:
     def __init__(self, xdt, a, B, C, lay: PackedLayout):
         n, H, P = xdt.shape
         G, N = B.shape[1:]
+        if n != lay.n:
+            raise ValueError(f"ssd_packed: {n} tokens but the document index covers {lay.n}")
         Q, pad, nc = lay.Q, lay.pad, lay.nc
         if pad:  # trailing padding: no input, no decay
             xdt, B, C = F.pad(xdt, (0, 0, 0, 0, 0, pad)), F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
