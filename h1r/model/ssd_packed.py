@@ -188,7 +188,7 @@ class _Chunks:
         self.Bc = B.view(nc, Q, G, N).transpose(1, 2)  # [nc,G,Q,N]
         self.Cc = C.view(nc, Q, G, N).transpose(1, 2)
         self.cs = a.view(nc, Q, H).to(self.fd).cumsum(1)  # [nc,Q,H]
-        self.same, self.to_end, self.from_start, self.lay = lay.same, lay.to_end, lay.from_start, lay
+        self.lay = lay
 
     def CB(self) -> torch.Tensor:
         return self.Cc.to(self.fd) @ self.Bc.to(self.fd).transpose(-1, -2)  # [nc,G,Q,Q]
@@ -211,9 +211,13 @@ class _Chunks:
         nc, G, N, Hg, P = self.nc, self.G, self.N, self.Hg, self.P
         return S.view(G, Hg, nc, N, P).permute(2, 0, 3, 1, 4).reshape(nc, G, N, Hg * P)
 
-    def chunk_states(self) -> torch.Tensor:
+    def state_inputs(self) -> torch.Tensor:
+        """xdt weighted by its decay to the chunk's end, grouped [nc,G,Q,Hg*P] (cd)."""
+        return self.grouped(_state_inputs(self.xdt, self.cs, self.lay.to_end))
+
+    def chunk_states(self, xw: torch.Tensor) -> torch.Tensor:
         """S [nc,G,N,Hg*P] (cd): the state each chunk makes from its own tokens, at its end."""
-        return self.Bc.transpose(-1, -2) @ self.grouped(_state_inputs(self.xdt, self.cs, self.to_end))
+        return self.Bc.transpose(-1, -2) @ xw
 
     def gam(self) -> torch.Tensor:
         return _chunk_decay(self.cs[:, -1], self.lay.gam_mask)  # [H,nc,nc]
@@ -231,10 +235,10 @@ class PackedSSD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xdt, a, B, C, layout: PackedLayout):
         k = _Chunks(xdt, a, B, C, layout)
-        M = _intra_matrix(k.cs, k.CB(), k.same, k.cd)  # [nc,H,Q,Q]
+        M = _intra_matrix(k.cs, k.CB(), k.lay.same, k.cd)  # [nc,H,Q,Q]
         y_diag = k.by_head(M @ k.by_head(k.xdt))  # [nc,Q,H,P]
-        S_in = k.states_in(k.chunk_states(), k.gam())
-        y = _combine(y_diag, k.ungrouped(k.Cc @ S_in), k.cs, k.from_start)
+        S_in = k.states_in(k.chunk_states(k.state_inputs()), k.gam())
+        y = _combine(y_diag, k.ungrouped(k.Cc @ S_in), k.cs, k.lay.from_start)
         ctx.save_for_backward(xdt, a, B, C, S_in)
         ctx.layout = layout
         return y.reshape(-1, k.H, k.P)[:k.n]
@@ -247,29 +251,30 @@ class PackedSSD(torch.autograd.Function):
         dy = F.pad(dy.to(k.fd), (0, 0, 0, 0, 0, k.pad)).reshape(nc, Q, H, k.P)
 
         # off-diagonal: y_off = e * (C . S_in)
-        dcs, dYo = _off_grads(dy, k.ungrouped(k.Cc @ S_in), k.cs, k.from_start, cd)
+        dcs, dYo = _off_grads(dy, k.ungrouped(k.Cc @ S_in), k.cs, k.lay.from_start, cd)
         dYo = k.grouped(dYo)  # [nc,G,Q,Hg*P]
         dC = (dYo @ S_in.transpose(-1, -2)).to(k.fd)  # [nc,G,Q,N]
         dS_in = k.Cc.transpose(-1, -2) @ dYo  # [nc,G,N,Hg*P]
 
         # between chunks: S_in = Gam @ S (per head)
-        S, gam = k.chunk_states(), k.gam()
+        xw = k.state_inputs()
+        S, gam = k.chunk_states(xw), k.gam()
         dS_in_h, S_h = k.per_head(dS_in), k.per_head(S)
         dS = k.per_chunk(gam.to(cd).transpose(-1, -2) @ dS_in_h)
         dgam = (dS_in_h @ S_h.transpose(-1, -2)).to(k.fd)  # [H,nc,nc]
         dcs[:, -1] += _chunk_decay_grad(gam, dgam)
 
-        # chunk states: S = B^T @ xw, xw = _state_inputs(xdt)
-        dB = (k.grouped(_state_inputs(k.xdt, k.cs, k.to_end)) @ dS.transpose(-1, -2)).to(k.fd)  # [nc,G,Q,N]
-        dxdt, dcs_w = _state_input_grads(k.ungrouped(k.Bc @ dS), k.xdt, k.cs, k.to_end)
+        # chunk states: S = B^T @ xw
+        dB = (xw @ dS.transpose(-1, -2)).to(k.fd)  # [nc,G,Q,N]
+        dxdt, dcs_w = _state_input_grads(k.ungrouped(k.Bc @ dS), k.xdt, k.cs, k.lay.to_end)
         dcs += dcs_w
 
         # intra-chunk: y_diag = M @ xdt, M = CB * L
         CB = k.CB()
         dyh = k.by_head(dy).to(cd)  # [nc,H,Q,P]
-        M = _intra_matrix(k.cs, CB, k.same, cd)
+        M = _intra_matrix(k.cs, CB, k.lay.same, cd)
         dxdt += k.by_head(M.transpose(-1, -2) @ dyh)
-        dCB, dcs_L = _intra_grads(dyh @ k.by_head(k.xdt).transpose(-1, -2), k.cs, CB, k.same)
+        dCB, dcs_L = _intra_grads(dyh @ k.by_head(k.xdt).transpose(-1, -2), k.cs, CB, k.lay.same)
         dcs += dcs_L
         dC += dCB @ k.Bc.to(k.fd)
         dB += dCB.transpose(-1, -2) @ k.Cc.to(k.fd)
