@@ -3,8 +3,9 @@ simple-GLA kernels (what training used before), over packed documents.
 
     python bench/ssd_train_gpu.py [--tokens 16384] [--out bench/results/ssd_train_gpu.json]
 
-First checks the bf16 path (its elementwise pieces compiled, the default on CUDA) against the fp32 path (the fp32 path is tested against an fp64 recurrence in
-tests/test_ssd_packed.py) and against fla, values and gradients; then times forward and forward+backward
+First checks the bf16 path (its elementwise pieces compiled, the default on CUDA) against the fp32 path
+(tested against an fp64 recurrence in tests/test_ssd_packed.py) and against fla, values and gradients;
+then times forward (under no_grad: for fla that is its chunked forward) and forward+backward (fla: parallel)
 for the Falcon-H1-1.5B-deep and -7B SSD shapes at several chunk lengths (the algorithm is exact for any
 chunk length, so it is a speed knob). FLOPs per call (what the chunked form must do, fwd):
     C.B per group 2*T*Q*N*G + intra 2*T*Q*P*H + states 2*T*N*P*H + state passing 2*nc^2*N*P*H + output 2*T*N*P*H
@@ -43,6 +44,7 @@ def inputs(lens, H, P, N, G, dev, seed=0):
 
 
 def fla_parallel(x, dt, A, B, C, cu):
+    """fla as training used it: parallel kernels when gradients are needed, chunked forward otherwise."""
     from h1r.model.kernels.train import _ssd_fla
 
     return _ssd_fla(x, dt, A, B, C, cu.long())
@@ -114,7 +116,7 @@ def timings(dev, T: int, chunks) -> list[dict]:
         ins = [t.requires_grad_() for t in (x, dt, A, B, C)]
         variants = {f"chunked Q={q}": (lambda q: lambda: ssd_packed(*ins, doc, q))(q) for q in chunks}
         variants["chunked eager"] = lambda: ssd_packed(*ins, doc, chunks[0])  # the glue between GEMMs unfused
-        variants["fla parallel"] = lambda: fla_parallel(*ins, cu)
+        variants["fla"] = lambda: fla_parallel(*ins, cu)  # fwd under no_grad: fla's chunked forward
         for vname, fn in variants.items():
             SP.COMPILE = vname != "chunked eager"
             with torch.no_grad():
