@@ -58,3 +58,16 @@ def test_fast_update_weights_refolds(model_dir):
     sp = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
     assert [o.outputs[0].token_ids for o in fast.generate(_prompts(2), sp)] == \
            [o.outputs[0].token_ids for o in ref.generate(_prompts(2), sp)]
+
+
+def test_fast_single_stream_matches_reference(model_dir):
+    """One sequence: the decode steps are one row each, which on the GPU (or under TRITON_INTERPRET=1)
+    take the fused-GEMV path (norm, activation and residual inside the projections)."""
+    ref = LLM(str(model_dir), fast=False, **KW)
+    fast = LLM(str(model_dir), fast=True, **KW)
+    sp = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=2)
+    for prompt in _prompts(3)[:2]:
+        a, b = ref.generate([prompt], sp)[0].outputs[0], fast.generate([prompt], sp)[0].outputs[0]
+        assert a.token_ids == b.token_ids
+        torch.testing.assert_close(torch.from_numpy(b.logprobs.chosen), torch.from_numpy(a.logprobs.chosen),
+                                   atol=2e-5, rtol=0)

@@ -1,11 +1,13 @@
 """FastFalconH1: the inference-only form of the model that the engine runs on the GPU.
 
 Built from a FalconH1ForCausalLM at load time:
-- every µP multiplier is folded into the weight it scales (no extra elementwise passes);
+- every µP multiplier is folded into the weight it scales (no extra elementwise passes), and so is every
+  RMSNorm weight (into the columns of the projection that reads the norm's output);
 - in_proj and q/k/v become one GEMM (they read the same normalised input), gate/up another, and the
   two output projections a third ([gated SSM out | attention out] @ [out_proj | o_proj]^T: both
   branches add into the residual, so one GEMM of the concatenation computes their sum);
-- the decode step uses the Triton kernels (fused slot-indexed SSM/conv updates, paged attention);
+- the decode step uses the Triton kernels (fused slot-indexed SSM/conv updates, paged attention); a
+  one-row step runs each projection as one GEMV that also does the norm, activation or residual add;
   prefill uses fla's varlen conv and chunked SSD (inputs built by one Triton kernel) and flash attention.
 Off CUDA (or with kernels=False) every kernel falls back to its PyTorch reference, which is how the
 CPU tests check this file against the plain model.
@@ -13,6 +15,7 @@ CPU tests check this file against the plain model.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +30,7 @@ from h1r.model.kernels import prefill as PF
 
 @dataclass
 class FastLayer:
-    ln1: torch.Tensor
+    ln1: torch.Tensor  # ones: the input norm's weight is folded into w_in's columns
     w_in: torch.Tensor  # [d_ssm + conv_dim + H + (Hq + 2 Hkv) hd, D]  (in_proj | q | k | v), multipliers folded
     b_in: torch.Tensor | None
     conv_w: torch.Tensor  # [conv_dim, K]
@@ -38,7 +41,7 @@ class FastLayer:
     norm_w: torch.Tensor | None  # [d_ssm] fp32 (gated RMSNorm) or None (plain SiLU gate)
     w_mo: torch.Tensor  # [D, d_ssm + Hq hd]: (mamba out_proj x ssm_out | o_proj x attention_out)
     b_mo: torch.Tensor | None
-    ln2: torch.Tensor
+    ln2: torch.Tensor  # ones: folded into w_gu's columns
     w_gu: torch.Tensor  # [2I, D] (gate x gate_mult | up)
     b_gu: torch.Tensor | None
     w_down: torch.Tensor  # down x down_mult
@@ -81,9 +84,12 @@ class FastFalconH1:
         with torch.no_grad():
             for layer in m.layers:
                 mx, at, ff = layer.mamba, layer.self_attn, layer.feed_forward
-                w_in = torch.cat([_fold(mx.in_proj.weight, mup * cfg.ssm_in_multiplier, dt),
-                                  _fold(at.q_proj.weight, ai, dt), _fold(at.k_proj.weight, ai * ki, dt),
-                                  _fold(at.v_proj.weight, ai, dt)])
+                f32 = torch.float32
+                ln1, ln2 = layer.input_layernorm.weight.detach().float(), layer.pre_ff_layernorm.weight.detach().float()
+                w_in = torch.cat([_fold(mx.in_proj.weight, mup * cfg.ssm_in_multiplier, f32),
+                                  _fold(at.q_proj.weight, ai, f32), _fold(at.k_proj.weight, ai * ki, f32),
+                                  _fold(at.v_proj.weight, ai, f32)])
+                w_in = (w_in * ln1[None]).to(dt)  # the RMSNorm weight folded into the columns it scales
                 b_in = None
                 if mx.in_proj.bias is not None or at.q_proj.bias is not None:
                     z = lambda n: torch.zeros(n, device=self.device)
@@ -94,7 +100,7 @@ class FastFalconH1:
                                       at.v_proj.bias.float() if at.v_proj.bias is not None else z(self.Hkv * self.hd)
                                       ]).to(dt)
                 self.layers.append(FastLayer(
-                    ln1=layer.input_layernorm.weight.detach().clone(), w_in=w_in, b_in=b_in,
+                    ln1=torch.ones_like(layer.input_layernorm.weight), w_in=w_in, b_in=b_in,
                     conv_w=mx.conv1d.weight[:, 0].detach().to(dt).contiguous(),
                     conv_b=mx.conv1d.bias.detach().clone() if mx.conv1d.bias is not None else None,
                     dt_bias=mx.dt_bias.detach().float().clone(), A=-torch.exp(mx.A_log.detach().float()),
@@ -104,8 +110,9 @@ class FastFalconH1:
                                     _fold(at.o_proj.weight, cfg.attention_out_multiplier, dt)], dim=1).contiguous(),
                     b_mo=_sum_biases(_fold(mx.out_proj.bias, cfg.ssm_out_multiplier, torch.float32),
                                      _fold(at.o_proj.bias, cfg.attention_out_multiplier, torch.float32), dt),
-                    ln2=layer.pre_ff_layernorm.weight.detach().clone(),
-                    w_gu=torch.cat([_fold(ff.gate_proj.weight, g_mult, dt), ff.up_proj.weight.detach().to(dt)]),
+                    ln2=torch.ones_like(layer.pre_ff_layernorm.weight),
+                    w_gu=(torch.cat([_fold(ff.gate_proj.weight, g_mult, f32), ff.up_proj.weight.detach().float()])
+                          * ln2[None]).to(dt),
                     b_gu=(torch.cat([ff.gate_proj.bias.float() * g_mult, ff.up_proj.bias.float()]).to(dt)
                           if ff.gate_proj.bias is not None else None),
                     w_down=_fold(ff.down_proj.weight, d_mult, dt), b_down=_fold(ff.down_proj.bias, d_mult, dt)))
@@ -113,14 +120,17 @@ class FastFalconH1:
             # rows padded to a multiple of 256: an odd vocabulary (130049) sends cuBLAS to a slow kernel
             V = cfg.vocab_size
             self.vocab_size = V
-            head = _fold(model.lm_head.weight, cfg.lm_head_multiplier, dt)
+            head = _fold(model.lm_head.weight, cfg.lm_head_multiplier, torch.float32)
             self.lm_head = torch.zeros(-(-V // 256) * 256, head.shape[1], dtype=dt, device=head.device)
-            self.lm_head[:V] = head
-            self.final_norm = m.final_layernorm.weight.detach().clone()
+            self.lm_head[:V] = head * m.final_layernorm.weight.detach().float()[None]
+            self.final_norm = torch.ones_like(m.final_layernorm.weight)
             self.inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, self.hd, 2, dtype=torch.float,
                                                                    device=self.device) / self.hd))
         self.norm_before_gate = cfg.mamba_norm_before_gate
         self.varlen_flash = True  # one flash call for all prefill segments (the per-segment loop is the fallback)
+        # one-row decode steps with the norms inside the projections (kernels/gemv.py); H1R_FUSED_PROJ=0 keeps
+        # cuBLAS and the add_rmsnorm kernels everywhere
+        self.fused_projections = os.environ.get("H1R_FUSED_PROJ", "1") != "0"
 
     @torch.no_grad()
     def copy_from(self, other: "FastFalconH1") -> None:
@@ -164,24 +174,46 @@ class FastFalconH1:
         h = self.embed[ids]
         if self.use_kernels:
             from h1r.model.kernels.fused import add_rmsnorm, gated_rmsnorm, rope_and_store, silu_mul
+            from h1r.model.kernels.gemv import gated_gemv, gated_gemv_fits, gemv
 
-            h, x = add_rmsnorm(h, self.layers[0].ln1, self.eps)
+            # a one-row decode step takes the norms into the projections (their weights are folded into the
+            # columns, leaving 1/rms(h), summed from the input the GEMV reads anyway), and the activation,
+            # gated norm and residual adds too. More rows: cuBLAS and the add_rmsnorm kernels (a Triton GEMM
+            # with the norm as its epilogue was slower than cuBLAS at 8-64 rows: bench/results/gemv_gpu.json)
+            one = self.fused_projections and N == 1 and prefill is None
+            if not one:
+                h, x = add_rmsnorm(h, self.layers[0].ln1, self.eps)
+            gated_in_gemv = one and gated_gemv_fits(self.d_ssm, self.G, self.Hq * self.hd, self.config.hidden_size)
             for li, L in enumerate(self.layers):
-                proj = F.linear(x, L.w_in, L.b_in)
+                proj = gemv(h, L.w_in, L.b_in, norm_eps=self.eps) if one else F.linear(x, L.w_in, L.b_in)
                 z, xBC, dt = proj[:, :offs[1]], proj[:, offs[1]:offs[2]], proj[:, offs[2]:offs[3]]
                 kc, vc = cache.k[li], cache.v[li]
                 q = rope_and_store(proj, offs[3], offs[4], offs[5], positions, self.inv_freq, kv_index,
                                    kc.view(-1, self.Hkv, self.hd), vc.view(-1, self.Hkv, self.hd),
                                    self.Hq, self.Hkv, self.hd)
-                mo = torch.empty(N, self.d_ssm + self.Hq * self.hd, device=x.device, dtype=self.dtype)
+                mo = torch.empty(N, self.d_ssm + self.Hq * self.hd, device=h.device, dtype=self.dtype)
                 self._attention(li, q, S, decode_table, decode_context, cache, prefill, splits,
                                 out=mo[:, self.d_ssm:].view(N, self.Hq, self.hd))
                 y = self._mamba(li, L, xBC, dt, cache, S, decode_slots, prefill)
-                gated_rmsnorm(y, z, L.norm_w, self.G, self.eps, self.norm_before_gate, self.dtype, out=mo[:, :self.d_ssm])
-                h, x = add_rmsnorm(h, L.ln2, self.eps, F.linear(mo, L.w_mo, L.b_mo))
-                dn = F.linear(silu_mul(F.linear(x, L.w_gu, L.b_gu)), L.w_down, L.b_down)
-                nxt = self.layers[li + 1].ln1 if li + 1 < len(self.layers) else self.final_norm
-                h, x = add_rmsnorm(h, nxt, self.eps, dn)
+                # h is this step's own tensor (embed[ids]) in the GEMV mode: updated in place
+                if gated_in_gemv:  # the gated norm of y is done as the output projection reads it
+                    gated_gemv(y, z, L.norm_w, self.G, self.eps, self.norm_before_gate, mo[:, self.d_ssm:], L.w_mo,
+                               L.b_mo, residual=h, out=h)
+                else:
+                    gated_rmsnorm(y, z, L.norm_w, self.G, self.eps, self.norm_before_gate, self.dtype,
+                                  out=mo[:, :self.d_ssm])
+                if one:
+                    if not gated_in_gemv:
+                        gemv(mo, L.w_mo, L.b_mo, residual=h, out=h)
+                    gemv(gemv(h, L.w_gu, L.b_gu, norm_eps=self.eps), L.w_down, L.b_down, silu_mul=True,
+                         residual=h, out=h)
+                else:
+                    h, x = add_rmsnorm(h, L.ln2, self.eps, F.linear(mo, L.w_mo, L.b_mo))
+                    dn = F.linear(silu_mul(F.linear(x, L.w_gu, L.b_gu)), L.w_down, L.b_down)
+                    nxt = self.layers[li + 1].ln1 if li + 1 < len(self.layers) else self.final_norm
+                    h, x = add_rmsnorm(h, nxt, self.eps, dn)
+            if one:
+                _, x = add_rmsnorm(h, self.final_norm, self.eps)
             return x
         freqs = positions.float()[:, None] * self.inv_freq[None]
         emb = torch.cat([freqs, freqs], dim=-1)

@@ -8,14 +8,19 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
+
+from h1r.model.kernels import pdl
 
 
 @triton.jit
 def _conv_update_kernel(
     state_ptr, slot_ptr, x_ptr, w_ptr, b_ptr, y_ptr,
     s_slot, s_c, x_s, y_s, C,
-    K: tl.constexpr, BLOCK_C: tl.constexpr, HAS_BIAS: tl.constexpr,
+    K: tl.constexpr, BLOCK_C: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:
+        gdc_wait()
     s = tl.program_id(0)
     cb = tl.program_id(1)
     slot = tl.load(slot_ptr + s).to(tl.int64)
@@ -51,6 +56,6 @@ def conv_state_update(conv_state: torch.Tensor, slots: torch.Tensor, x: torch.Te
     _conv_update_kernel[grid](
         conv_state, slots, x, weight, bias if bias is not None else weight, y,
         conv_state.stride(0), conv_state.stride(1), x.stride(0), y.stride(0), Cc,
-        K=Km1 + 1, BLOCK_C=BLOCK_C, HAS_BIAS=bias is not None, num_warps=4,
+        K=Km1 + 1, BLOCK_C=BLOCK_C, HAS_BIAS=bias is not None, num_warps=4, **pdl(x),
     )
     return y

@@ -9,11 +9,16 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
+
+from h1r.model.kernels import pdl
 
 
 @triton.jit
 def _add_rmsnorm_kernel(h_ptr, a_ptr, b_ptr, w_ptr, out_h_ptr, out_x_ptr, D, eps,
-                        HAS_A: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
+                        HAS_A: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_wait()
     r = tl.program_id(0).to(tl.int64)
     c = tl.arange(0, BLOCK)
     m = c < D
@@ -39,14 +44,16 @@ def add_rmsnorm(h: torch.Tensor, weight: torch.Tensor, eps: float, a: torch.Tens
     out_h = torch.empty_like(h) if a is not None else h
     _add_rmsnorm_kernel[(R,)](h, a if a is not None else h, b if b is not None else h, weight, out_h, out_x, D, eps,
                               HAS_A=a is not None, HAS_B=b is not None, BLOCK=triton.next_power_of_2(D),
-                              num_warps=8)
+                              num_warps=8, **pdl(h))
     return out_h, out_x
 
 
 @triton.jit
 def _rope_store_kernel(proj_ptr, pos_ptr, inv_ptr, kvidx_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr,
                        proj_s, q_off, k_off, v_off, HQ: tl.constexpr, HKV: tl.constexpr, hd: tl.constexpr,
-                       HALF: tl.constexpr, HALF_PAD: tl.constexpr):
+                       HALF: tl.constexpr, HALF_PAD: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_wait()
     t = tl.program_id(0).to(tl.int64)
     hh = tl.program_id(1)  # 0..HQ-1 query heads, then HKV key heads, then HKV value heads
     i = tl.arange(0, HALF_PAD)
@@ -90,13 +97,15 @@ def rope_and_store(proj: torch.Tensor, q_off: int, k_off: int, v_off: int, posit
     q = torch.empty(N, hq, hd, device=proj.device, dtype=proj.dtype)
     _rope_store_kernel[(N, hq + 2 * hkv)](proj, positions, inv_freq, kv_index, q, k_cache, v_cache, proj.stride(0),
                                          q_off, k_off, v_off, HQ=hq, HKV=hkv, hd=hd, HALF=hd // 2,
-                                         HALF_PAD=triton.next_power_of_2(hd // 2), num_warps=1)
+                                         HALF_PAD=triton.next_power_of_2(hd // 2), num_warps=1, **pdl(proj))
     return q
 
 
 @triton.jit
 def _gated_norm_kernel(y_ptr, z_ptr, w_ptr, out_ptr, y_s, z_s, out_s, GW, eps,
-                       HAS_NORM: tl.constexpr, NORM_FIRST: tl.constexpr, BLOCK: tl.constexpr):
+                       HAS_NORM: tl.constexpr, NORM_FIRST: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_wait()
     r = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
     c = tl.arange(0, BLOCK)
@@ -128,12 +137,14 @@ def gated_rmsnorm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor | None,
     gw = d // groups
     _gated_norm_kernel[(R, groups)](y, z, weight if weight is not None else y, out, y.stride(0), z.stride(0),
                                     out.stride(0), gw, eps, HAS_NORM=weight is not None, NORM_FIRST=norm_before_gate,
-                                    BLOCK=triton.next_power_of_2(gw), num_warps=8)
+                                    BLOCK=triton.next_power_of_2(gw), num_warps=8, **pdl(y))
     return out
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, I, BLOCK: tl.constexpr):
+def _silu_mul_kernel(gu_ptr, out_ptr, I, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_wait()
     r = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = c < I
@@ -149,5 +160,5 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
     I = I2 // 2
     out = torch.empty(R, I, device=gu.device, dtype=gu.dtype)
     BLOCK = 1024
-    _silu_mul_kernel[(R, triton.cdiv(I, BLOCK))](gu, out, I, BLOCK=BLOCK, num_warps=4)
+    _silu_mul_kernel[(R, triton.cdiv(I, BLOCK))](gu, out, I, BLOCK=BLOCK, num_warps=4, **pdl(gu))
     return out

@@ -12,6 +12,9 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
+
+from h1r.model.kernels import pdl
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -43,8 +46,10 @@ def _paged_decode_kernel(
     q_ptr, k_ptr, v_ptr, table_ptr, ctx_ptr, o_ptr, lse_ptr, scale,
     q_s, q_h, kv_page, kv_tok, kv_h, table_s, o_s, o_h, o_split, lse_s, lse_h, hd,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HD: tl.constexpr, PAGE: tl.constexpr,
-    BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # launched early (programmatic dependent launch): wait for the previous kernel's writes
+        gdc_wait()
     s = tl.program_id(0)
     kvh = tl.program_id(1)
     sp = tl.program_id(2)
@@ -81,7 +86,9 @@ def _paged_decode_kernel(
 
 @triton.jit
 def _merge_kernel(o_ptr, lse_ptr, out_ptr, o_s, o_h, o_split, lse_s, lse_h, out_s, out_h, hd,
-                  SPLITS: tl.constexpr, SP: tl.constexpr, HD: tl.constexpr):
+                  SPLITS: tl.constexpr, SP: tl.constexpr, HD: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_wait()
     s = tl.program_id(0)
     h = tl.program_id(1)
     sp = tl.arange(0, SP)
@@ -129,7 +136,7 @@ def paged_decode_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torc
         o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1), hd,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HD=max(16, triton.next_power_of_2(hd)), PAGE=page, BLOCK_N=block_n,
         SPLITS=splits, INTERPRET=_INTERPRET, PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES,
+        num_warps=num_warps or NUM_WARPS, num_stages=num_stages or NUM_STAGES, **pdl(q),
     )
     if splits == 1:
         if out is None:
@@ -141,5 +148,5 @@ def paged_decode_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torc
     assert out.stride(-1) == 1
     _merge_kernel[(S, Hq)](o, lse, out, o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1),
                            out.stride(0), out.stride(1), hd, SPLITS=splits, SP=max(2, triton.next_power_of_2(splits)),
-                           HD=max(16, triton.next_power_of_2(hd)), num_warps=4)
+                           HD=max(16, triton.next_power_of_2(hd)), num_warps=4, **pdl(q))
     return out

@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
+
+from h1r.model.kernels import pdl
 
 
 @triton.jit
@@ -18,8 +21,10 @@ def _ssm_update_kernel(
     s_slot, s_head, s_p,  # state strides (N is contiguous)
     x_s, dt_s, b_s, c_s, y_s,  # row strides of x [S, H*P], dt [S, H], B/C [S, G*N], y [S, H*P]
     HEADS_PER_GROUP: tl.constexpr, P: tl.constexpr, N: tl.constexpr, BLOCK_P: tl.constexpr,
-    CLAMP: tl.constexpr,
+    CLAMP: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:
+        gdc_wait()
     s = tl.program_id(0)
     h = tl.program_id(1)
     pb = tl.program_id(2)
@@ -64,6 +69,6 @@ def ssm_state_update(state: torch.Tensor, slots: torch.Tensor, x: torch.Tensor, 
         state, slots, x, dt, dt_bias, A, B, C, D, y, lo, hi if clamp else 0.0,
         state.stride(0), state.stride(1), state.stride(2),
         x.stride(0), dt.stride(0), B.stride(0), C.stride(0), y.stride(0),
-        HEADS_PER_GROUP=H // G, P=P, N=N, BLOCK_P=block_p, CLAMP=clamp, num_warps=4,
+        HEADS_PER_GROUP=H // G, P=P, N=N, BLOCK_P=block_p, CLAMP=clamp, num_warps=4, **pdl(x),
     )
     return y
