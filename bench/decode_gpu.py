@@ -293,6 +293,10 @@ def main(argv=None):
     res["transformers"] = hf
     g = torch.Generator().manual_seed(1)
 
+    def save():  # after every scenario, so a run cut short keeps what it measured
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+
     def make_llm(max_seqs, max_len, batched=16384):
         t = time.perf_counter()
         llm = LLM(model, NullTokenizer(), device=dev, max_num_seqs=max_seqs, max_model_len=max_len,
@@ -315,6 +319,7 @@ def main(argv=None):
             r["vs_transformers"] = r["tok_s"] / hf[hf_key]["tok_s"]
             r["decode_vs_transformers"] = r["decode_tok_s"] / hf[hf_key]["decode_tok_s"]
         res["scenarios"][name] = r
+        save()
         print(f"{name}: {r['tok_s']:.0f} tok/s end-to-end, {r['decode_tok_s']:.0f} decode-only, "
               f"{r['decode_GBps']:.0f} GB/s = {100 * r['roofline_fraction']:.0f}% of copy bandwidth, "
               f"peak {r['peak_memory_GB']:.1f} GB", flush=True)
@@ -370,6 +375,7 @@ def main(argv=None):
         d["time_ratio"] = b["seconds"] / a["seconds"]
         d["flop_ratio"] = b["flops"] / a["flops"]
         res["scenarios"]["d_prefill"] = d
+        save()
         del llm
         gc.collect()
         torch.cuda.empty_cache()
@@ -385,8 +391,7 @@ def main(argv=None):
                                             "allocated_GB": torch.cuda.memory_allocated() / GB}
         print("64 x 32k fit:", res["scenarios"]["m_64x32k_fit"], flush=True)
         del llm
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    save()
     return res
 
 

@@ -71,3 +71,21 @@ def test_fast_single_stream_matches_reference(model_dir):
         assert a.token_ids == b.token_ids
         torch.testing.assert_close(torch.from_numpy(b.logprobs.chosen), torch.from_numpy(a.logprobs.chosen),
                                    atol=2e-5, rtol=0)
+
+
+def test_pdl_launch_options(monkeypatch):
+    """Programmatic dependent launch is asked for only on CUDA (Hopper+); off here; a bad H1R_PDL is named."""
+    from h1r.model import kernels as K
+
+    t = torch.empty(1)
+    try:
+        for env in ("early", "wait", "0"):
+            monkeypatch.setenv("H1R_PDL", env)
+            K._pdl_mode.cache_clear()
+            assert K.pdl(t) == {"PDL": 0}
+        monkeypatch.setenv("H1R_PDL", "sometimes")
+        K._pdl_mode.cache_clear()
+        with pytest.raises(ValueError, match="H1R_PDL='sometimes'"):
+            K.pdl(t)
+    finally:
+        K._pdl_mode.cache_clear()

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_wait
 
 from h1r.model.kernels import pdl
+from h1r.model.kernels.launch import pdl_enter
 
 
 @triton.jit
@@ -19,8 +19,7 @@ def _conv_update_kernel(
     s_slot, s_c, x_s, y_s, C,
     K: tl.constexpr, BLOCK_C: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
 ):
-    if PDL:
-        gdc_wait()
+    pdl_enter(PDL)
     s = tl.program_id(0)
     cb = tl.program_id(1)
     slot = tl.load(slot_ptr + s).to(tl.int64)

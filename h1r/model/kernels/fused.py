@@ -9,16 +9,15 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_wait
 
 from h1r.model.kernels import pdl
+from h1r.model.kernels.launch import pdl_enter
 
 
 @triton.jit
 def _add_rmsnorm_kernel(h_ptr, a_ptr, b_ptr, w_ptr, out_h_ptr, out_x_ptr, D, eps,
                         HAS_A: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        gdc_wait()
+    pdl_enter(PDL)
     r = tl.program_id(0).to(tl.int64)
     c = tl.arange(0, BLOCK)
     m = c < D
@@ -52,8 +51,7 @@ def add_rmsnorm(h: torch.Tensor, weight: torch.Tensor, eps: float, a: torch.Tens
 def _rope_store_kernel(proj_ptr, pos_ptr, inv_ptr, kvidx_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr,
                        proj_s, q_off, k_off, v_off, HQ: tl.constexpr, HKV: tl.constexpr, hd: tl.constexpr,
                        HALF: tl.constexpr, HALF_PAD: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        gdc_wait()
+    pdl_enter(PDL)
     t = tl.program_id(0).to(tl.int64)
     hh = tl.program_id(1)  # 0..HQ-1 query heads, then HKV key heads, then HKV value heads
     i = tl.arange(0, HALF_PAD)
@@ -104,8 +102,7 @@ def rope_and_store(proj: torch.Tensor, q_off: int, k_off: int, v_off: int, posit
 @triton.jit
 def _gated_norm_kernel(y_ptr, z_ptr, w_ptr, out_ptr, y_s, z_s, out_s, GW, eps,
                        HAS_NORM: tl.constexpr, NORM_FIRST: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        gdc_wait()
+    pdl_enter(PDL)
     r = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
     c = tl.arange(0, BLOCK)
@@ -143,8 +140,7 @@ def gated_rmsnorm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor | None,
 
 @triton.jit
 def _silu_mul_kernel(gu_ptr, out_ptr, I, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        gdc_wait()
+    pdl_enter(PDL)
     r = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = c < I

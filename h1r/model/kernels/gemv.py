@@ -23,17 +23,16 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_wait
 
 from h1r.model.kernels import pdl
+from h1r.model.kernels.launch import pdl_enter
 
 
 @triton.jit
 def _gemv_kernel(a_ptr, w_ptr, b_ptr, r_ptr, o_ptr, N, a_s, w_s, r_s, o_s, eps, K: tl.constexpr,
                  PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # launched early (programmatic dependent launch): wait for the previous kernel's writes
-        gdc_wait()
+    pdl_enter(PDL)
     # K is a compile-time constant: a model has three or four widths, and a fixed trip count unrolls well
     # PRO: 0 plain input, 1 input scaled by 1/rms(input), 2 silu(input[:K]) * input[K:2K]
     pid_n = tl.program_id(0)
@@ -133,8 +132,7 @@ def _gated_gemv_kernel(y_ptr, z_ptr, nw_ptr, a_ptr, w_ptr, b_ptr, r_ptr, o_ptr, 
                        eps, KS: tl.constexpr, KA: tl.constexpr, G: tl.constexpr, HAS_NORM: tl.constexpr,
                        NORM_FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_K: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        gdc_wait()
+    pdl_enter(PDL)
     # input row = [gated_rmsnorm(y, z) (KS wide, G groups) | a (KA wide)]; BLOCK_K divides KS / G and KA
     pid_n = tl.program_id(0)
     m = tl.program_id(1).to(tl.int64)

@@ -12,9 +12,9 @@ import os
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_wait
 
 from h1r.model.kernels import pdl
+from h1r.model.kernels.launch import pdl_enter
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -48,8 +48,7 @@ def _paged_decode_kernel(
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HD: tl.constexpr, PAGE: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, INTERPRET: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr,
 ):
-    if PDL:  # launched early (programmatic dependent launch): wait for the previous kernel's writes
-        gdc_wait()
+    pdl_enter(PDL)
     s = tl.program_id(0)
     kvh = tl.program_id(1)
     sp = tl.program_id(2)
@@ -87,8 +86,7 @@ def _paged_decode_kernel(
 @triton.jit
 def _merge_kernel(o_ptr, lse_ptr, out_ptr, o_s, o_h, o_split, lse_s, lse_h, out_s, out_h, hd,
                   SPLITS: tl.constexpr, SP: tl.constexpr, HD: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        gdc_wait()
+    pdl_enter(PDL)
     s = tl.program_id(0)
     h = tl.program_id(1)
     sp = tl.arange(0, SP)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_wait
 
 from h1r.model.kernels import pdl
+from h1r.model.kernels.launch import pdl_enter
 
 
 @triton.jit
@@ -23,8 +23,7 @@ def _ssm_update_kernel(
     HEADS_PER_GROUP: tl.constexpr, P: tl.constexpr, N: tl.constexpr, BLOCK_P: tl.constexpr,
     CLAMP: tl.constexpr, PDL: tl.constexpr,
 ):
-    if PDL:
-        gdc_wait()
+    pdl_enter(PDL)
     s = tl.program_id(0)
     h = tl.program_id(1)
     pb = tl.program_id(2)
