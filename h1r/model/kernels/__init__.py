@@ -33,7 +33,7 @@ def pdl(t) -> dict:
     scheduled while the one before it drains, instead of ~3 µs after. H1R_PDL=wait (the default) lets
     the next kernel launch as this one's programs exit; H1R_PDL=early lets it launch at once (H200:
     1 x 1k->1k 200 -> 207 tok/s, but batch-32/64 graph replays 5-7% slower, hence opt-in); H1R_PDL=0
-    launches normally. Off outside CUDA and in the interpreter."""
+    launches normally. Off outside CUDA, before Triton 3.4 and in the interpreter."""
     mode = _pdl_mode(str(t.device))
     return {"PDL": mode, "launch_pdl": True} if mode else {"PDL": 0}
 
@@ -47,7 +47,9 @@ def _pdl_mode(device: str) -> int:
         raise ValueError(f"H1R_PDL={env!r}: expected 0, wait or early")
     if env == "0" or os.environ.get("TRITON_INTERPRET") == "1":
         return 0
+    from h1r.model.kernels.launch import HAS_PDL
+
     dev = torch.device(device)
-    if dev.type != "cuda" or torch.cuda.get_device_capability(dev)[0] < 9:
+    if not HAS_PDL or dev.type != "cuda" or torch.cuda.get_device_capability(dev)[0] < 9:
         return 0
     return 1 if env == "wait" else 2
