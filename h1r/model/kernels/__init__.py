@@ -47,9 +47,9 @@ def _pdl_mode(device: str) -> int:
         raise ValueError(f"H1R_PDL={env!r}: expected 0, wait or early")
     if env == "0" or os.environ.get("TRITON_INTERPRET") == "1":
         return 0
-    from h1r.model.kernels.launch import HAS_PDL
-
     dev = torch.device(device)
-    if not HAS_PDL or dev.type != "cuda" or torch.cuda.get_device_capability(dev)[0] < 9:
+    if dev.type != "cuda" or torch.cuda.get_device_capability(dev)[0] < 9:
         return 0
-    return 1 if env == "wait" else 2
+    from h1r.model.kernels.launch import HAS_PDL  # needs triton, which a CUDA kernel call has
+
+    return (1 if env == "wait" else 2) if HAS_PDL else 0
