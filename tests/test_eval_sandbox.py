@@ -107,16 +107,23 @@ def _ours(pid: str) -> bool:
     return p == 1
 
 
-def _runner_processes() -> list[str]:
-    found = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                if b"_sandbox_runner.py" in Path(f"/proc/{d}/cmdline").read_bytes() and _ours(d):
-                    found.append(d)
-            except OSError:
-                pass
-    return found
+def _runner_processes(settle_s: float = 3.0) -> list[str]:
+    """Sandbox runners of ours still alive after up to `settle_s`. A runner SIGKILLed a moment ago can
+    outlive the wait on its `unshare` parent by a few ms while the kernel tears down its memory (a
+    512 MB memory bomb takes longest); that is dying, not left running."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        found = []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    if b"_sandbox_runner.py" in Path(f"/proc/{d}/cmdline").read_bytes() and _ours(d):
+                        found.append(d)
+                except OSError:
+                    pass
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.02)
 
 
 @pytest.fixture()
