@@ -1,7 +1,8 @@
 """One-row decode projections as a single Triton GEMV each, with their neighbours folded in.
 
-At batch 1 a decode step is ~600 kernels; inside a CUDA graph each costs ~3 µs of launch and tail
-whatever its size, and cuBLAS reaches only 2.9-3.3 TB/s on the 7B's narrow shapes. This kernel takes the
+At batch 1 a decode step was ~570 kernels; inside a CUDA graph each costs ~3 µs of launch and tail
+whatever its size, and cuBLAS reaches only 2.4-3.2 TB/s on the 7B's narrower shapes (w_in, w_mo, w_down:
+bench/results/gemv_gpu.json). This kernel takes the
 elementwise work next to each projection into the pass that streams the weight:
 
 - `norm`: the RMSNorm before w_in / w_gu / lm_head. Its weight is folded into the projection's columns
@@ -26,6 +27,17 @@ import triton.language as tl
 
 from h1r.model.kernels import pdl
 from h1r.model.kernels.launch import pdl_enter
+
+
+@triton.jit
+def _finish(y, b_ptr, r_ptr, o_ptr, m, n, n_ok, r_s, o_s, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr):
+    """y [BLOCK_N] fp32 -> (+ bias) (+ residual) -> stored. The projection rounds to the stream's dtype
+    before the residual add, as h + F.linear(...) does."""
+    if HAS_BIAS:
+        y += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    if HAS_RES:
+        y = tl.load(r_ptr + m * r_s + n, mask=n_ok, other=0.0).to(tl.float32) + y.to(o_ptr.dtype.element_ty).to(tl.float32)
+    tl.store(o_ptr + m * o_s + n, y.to(o_ptr.dtype.element_ty), mask=n_ok)
 
 
 @triton.jit
@@ -68,17 +80,14 @@ def _gemv_kernel(a_ptr, w_ptr, b_ptr, r_ptr, o_ptr, N, a_s, w_s, r_s, o_s, eps, 
     y = tl.sum(acc, axis=1)  # [BLOCK_N]
     if PRO == 1:
         y = y * tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
-    if HAS_BIAS:
-        y += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
-    if HAS_RES:  # the projection rounds to the stream's dtype before the add, as h + F.linear(...) does
-        y = tl.load(r_ptr + m * r_s + n, mask=n_ok, other=0.0).to(tl.float32) + y.to(o_ptr.dtype.element_ty).to(tl.float32)
-    tl.store(o_ptr + m * o_s + n, y.to(o_ptr.dtype.element_ty), mask=n_ok)
+    _finish(y, b_ptr, r_ptr, o_ptr, m, n, n_ok, r_s, o_s, HAS_BIAS, HAS_RES)
 
 
 def _config(N: int, K: int) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps). Eight output rows per program keeps 380+ programs in flight even for
-    N = 3072; the wider the weight, the longer the K step. From the sweep in bench/results/gemv_gpu.json
-    (H200, 7B shapes)."""
+    N = 3072; the wider the weight, the longer the K step. Picked from a `bench/gemv_gpu.py --sweep` on the
+    H200 (7B shapes) whose weights still fitted in L2 (its JSON is not kept); the committed
+    bench/results/gemv_gpu.json times these defaults with the weights cycled past L2."""
     if K >= 8192:  # w_down
         return 8, 1024, 8
     if N * K >= 1 << 26:  # w_gu, lm_head
@@ -173,11 +182,7 @@ def _gated_gemv_kernel(y_ptr, z_ptr, nw_ptr, a_ptr, w_ptr, b_ptr, r_ptr, o_ptr, 
         x = tl.load(a_ptr + m * a_s + k).to(tl.float32)
         w = tl.load(w_rows + KS + k[None, :], mask=n_ok[:, None], other=0.0)
         acc += w.to(tl.float32) * x[None, :]
-    out = tl.sum(acc, axis=1)
-    if HAS_BIAS:
-        out += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
-    out = tl.load(r_ptr + m * r_s + n, mask=n_ok, other=0.0).to(tl.float32) + out.to(o_ptr.dtype.element_ty).to(tl.float32)
-    tl.store(o_ptr + m * o_s + n, out.to(o_ptr.dtype.element_ty), mask=n_ok)
+    _finish(tl.sum(acc, axis=1), b_ptr, r_ptr, o_ptr, m, n, n_ok, r_s, o_s, HAS_BIAS, True)
 
 
 def _gated_block_k(d_ssm: int, groups: int, d_attn: int, N: int) -> int:
