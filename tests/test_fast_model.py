@@ -73,6 +73,24 @@ def test_fast_single_stream_matches_reference(model_dir):
                                    atol=2e-5, rtol=0)
 
 
+def test_fast_single_stream_with_gated_norm_apart(model_dir, monkeypatch):
+    """Where the output-projection GEMV cannot read the gated norm's layout, the one-row path runs
+    gated_rmsnorm and then a plain GEMV; same tokens and logprobs as the reference."""
+    pytest.importorskip("triton")
+    from h1r.model.kernels import gemv as G
+
+    monkeypatch.setattr(G, "gated_gemv_fits", lambda *a: False)
+    ref = LLM(str(model_dir), fast=False, **KW)
+    fast = LLM(str(model_dir), fast=True, **KW)
+    assert not fast.fast_model.gated_norm_in_gemv
+    sp = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=2)
+    prompt = _prompts(4)[0]
+    a, b = ref.generate([prompt], sp)[0].outputs[0], fast.generate([prompt], sp)[0].outputs[0]
+    assert a.token_ids == b.token_ids
+    torch.testing.assert_close(torch.from_numpy(b.logprobs.chosen), torch.from_numpy(a.logprobs.chosen),
+                               atol=2e-5, rtol=0)
+
+
 def test_pdl_launch_options(monkeypatch):
     """Programmatic dependent launch is asked for only on CUDA (Hopper+); off here; a bad H1R_PDL is named."""
     from h1r.model import kernels as K

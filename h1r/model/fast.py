@@ -131,6 +131,11 @@ class FastFalconH1:
         # one-row decode steps with the norms inside the projections (kernels/gemv.py); H1R_FUSED_PROJ=0 keeps
         # cuBLAS and the add_rmsnorm kernels everywhere
         self.fused_projections = os.environ.get("H1R_FUSED_PROJ", "1") != "0"
+        self.gated_norm_in_gemv = False  # whether the output-projection GEMV can also do the gated norm
+        if self.use_kernels:
+            from h1r.model.kernels.gemv import gated_gemv_fits
+
+            self.gated_norm_in_gemv = gated_gemv_fits(self.d_ssm, self.G, self.Hq * self.hd, cfg.hidden_size)
 
     @torch.no_grad()
     def copy_from(self, other: "FastFalconH1") -> None:
@@ -174,16 +179,16 @@ class FastFalconH1:
         h = self.embed[ids]
         if self.use_kernels:
             from h1r.model.kernels.fused import add_rmsnorm, gated_rmsnorm, rope_and_store, silu_mul
-            from h1r.model.kernels.gemv import gated_gemv, gated_gemv_fits, gemv
+            from h1r.model.kernels.gemv import gated_gemv, gemv
 
             # a one-row decode step takes the norms into the projections (their weights are folded into the
             # columns, leaving 1/rms(h), summed from the input the GEMV reads anyway), and the activation,
             # gated norm and residual adds too. More rows: cuBLAS and the add_rmsnorm kernels (a Triton GEMM
-            # with the norm as its epilogue was slower than cuBLAS at 8-64 rows: bench/results/gemv_gpu.json)
+            # with the norm as its epilogue was slower than cuBLAS at 8-64 rows: gemv_gpu_norm_matmul_dropped.json)
             one = self.fused_projections and N == 1 and prefill is None
+            gated_in_gemv = one and self.gated_norm_in_gemv
             if not one:
                 h, x = add_rmsnorm(h, self.layers[0].ln1, self.eps)
-            gated_in_gemv = one and gated_gemv_fits(self.d_ssm, self.G, self.Hq * self.hd, self.config.hidden_size)
             for li, L in enumerate(self.layers):
                 proj = gemv(h, L.w_in, L.b_in, norm_eps=self.eps) if one else F.linear(x, L.w_in, L.b_in)
                 z, xBC, dt = proj[:, :offs[1]], proj[:, offs[1]:offs[2]], proj[:, offs[2]:offs[3]]
@@ -195,15 +200,14 @@ class FastFalconH1:
                 self._attention(li, q, S, decode_table, decode_context, cache, prefill, splits,
                                 out=mo[:, self.d_ssm:].view(N, self.Hq, self.hd))
                 y = self._mamba(li, L, xBC, dt, cache, S, decode_slots, prefill)
-                # h is this step's own tensor (embed[ids]) in the GEMV mode: updated in place
-                if gated_in_gemv:  # the gated norm of y is done as the output projection reads it
-                    gated_gemv(y, z, L.norm_w, self.G, self.eps, self.norm_before_gate, mo[:, self.d_ssm:], L.w_mo,
-                               L.b_mo, residual=h, out=h)
-                else:
+                if not gated_in_gemv:
                     gated_rmsnorm(y, z, L.norm_w, self.G, self.eps, self.norm_before_gate, self.dtype,
                                   out=mo[:, :self.d_ssm])
-                if one:
-                    if not gated_in_gemv:
+                if one:  # h is this step's own tensor (embed[ids]): updated in place
+                    if gated_in_gemv:  # the gated norm of y happens as the output projection reads it
+                        gated_gemv(y, z, L.norm_w, self.G, self.eps, self.norm_before_gate, mo[:, self.d_ssm:],
+                                   L.w_mo, L.b_mo, residual=h, out=h)
+                    else:
                         gemv(mo, L.w_mo, L.b_mo, residual=h, out=h)
                     gemv(gemv(h, L.w_gu, L.b_gu, norm_eps=self.eps), L.w_down, L.b_down, silu_mul=True,
                          residual=h, out=h)
