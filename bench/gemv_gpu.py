@@ -4,8 +4,9 @@ with enough weight copies that nothing is served from L2.
 
     python bench/gemv_gpu.py [--sweep] [--out bench/results/gemv_gpu.json]
 
-(An earlier version also timed a Triton GEMM with the norm as its epilogue at 8-64 rows: 1.4-2.9 TB/s
-against cuBLAS's 2.6-3.8, so the model keeps cuBLAS there; that kernel was dropped.)
+(An earlier version also timed a Triton GEMM with the norm as its epilogue at 8-64 rows: 0.8-2.9 TB/s
+with its default tiles, 3.2 at best after a sweep, against cuBLAS's 2.6-3.9, so the model keeps cuBLAS
+there and that kernel was dropped: bench/results/gemv_gpu_norm_matmul_dropped.json.)
 
 1. One row, each projection: relative error against the fp32 reference; microseconds and the
    weight-streaming rate for cuBLAS F.linear alone, cuBLAS plus the elementwise kernel the fusion
