@@ -91,16 +91,57 @@ def test_fast_single_stream_with_gated_norm_apart(model_dir, monkeypatch):
                                atol=2e-5, rtol=0)
 
 
+def test_fast_multi_row_decode_through_skinny_gemm(model_dir, monkeypatch):
+    """Decode steps of a few rows run w_mo, w_gu, w_down and the LM head through the split-K Triton GEMM; same tokens and logprobs as the reference, and the same as with
+    H1R_SKINNY=0 (cuBLAS)."""
+    pytest.importorskip("triton")
+    from h1r.model.kernels import available, skinny_gemm
+
+    if not available("cuda") and not available():
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    calls = []
+    real = skinny_gemm.skinny_linear
+    monkeypatch.setattr(skinny_gemm, "skinny_linear", lambda x, *a, **k: calls.append(x.shape[0]) or real(x, *a, **k))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    ref = LLM(str(model_dir), fast=False, device=dev, **KW)
+    fast = LLM(str(model_dir), fast=True, device=dev, **KW)
+    assert fast.fast_model.use_kernels
+    sp = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=2)
+    a, b = ref.generate(_prompts(5)[:3], sp), fast.generate(_prompts(5)[:3], sp)
+    assert calls and min(calls) > 1  # (on CUDA also at graph capture, for every bucket up to 16 rows)
+    for x, y in zip(a, b):
+        assert x.outputs[0].token_ids == y.outputs[0].token_ids
+        torch.testing.assert_close(torch.from_numpy(y.outputs[0].logprobs.chosen),
+                                   torch.from_numpy(x.outputs[0].logprobs.chosen),
+                                   atol=2e-5 if dev == "cpu" else 1e-4, rtol=0)
+    monkeypatch.setenv("H1R_SKINNY", "0")
+    calls.clear()
+    off = LLM(str(model_dir), fast=True, device=dev, **KW)
+    assert not off.fast_model.skinny_projections
+    assert [o.outputs[0].token_ids for o in off.generate(_prompts(5)[:3], sp)] == [o.outputs[0].token_ids for o in b]
+    assert not calls
+
+
 def test_pdl_launch_options(monkeypatch):
     """Programmatic dependent launch is asked for only on CUDA (Hopper+); off here; a bad H1R_PDL is named."""
     from h1r.model import kernels as K
 
     t = torch.empty(1)
     try:
-        for env in ("early", "wait", "0"):
+        for env in ("early", "wait", "auto", "0"):
             monkeypatch.setenv("H1R_PDL", env)
             K._pdl_mode.cache_clear()
             assert K.pdl(t) == {"PDL": 0}
+        # auto: early inside a one-row step, wait elsewhere (as a Hopper device would be told)
+        monkeypatch.setenv("H1R_PDL", "auto")
+        monkeypatch.setattr(K, "_pdl_mode", lambda dev: 3)
+        assert K.pdl(t) == {"PDL": 1, "launch_pdl": True}
+        with K.one_row_step():
+            assert K.pdl(t) == {"PDL": 2, "launch_pdl": True}
+            with K.one_row_step(False):
+                assert K.pdl(t)["PDL"] == 1
+        assert K.pdl(t)["PDL"] == 1
+        monkeypatch.undo()
         monkeypatch.setenv("H1R_PDL", "sometimes")
         K._pdl_mode.cache_clear()
         with pytest.raises(ValueError, match="H1R_PDL='sometimes'"):

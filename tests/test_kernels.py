@@ -209,6 +209,51 @@ def test_gemv_prologues_and_epilogue(M, N, K, mode, dtype):
         gemv(a[:, :K - 1], w, bias, **kw)
 
 
+@pytest.mark.parametrize("M,N,K,config", [
+    (2, 70, 300, None),  # ragged N and K, default config (K splits, fp32 out)
+    (17, 130, 1000, (32, 64, 4, 4, 2)),  # the last split is short; rows not a power of two
+    (64, 200, 512, (64, 128, 1, 4, 2)),  # one split: stored in the input's dtype
+    (64, 96, 1024, (64, 128, 2, 4, 3, True)),  # TMA descriptors
+    (5, 64, 256, (32, 128, 2, 4, 2, True)),  # TMA with rows padded to the 16-row tile
+])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_skinny_linear(M, N, K, config, bias, dtype):
+    from h1r.model.kernels.skinny_gemm import default_config, skinny_linear, skinny_reference
+
+    if dtype == torch.bfloat16 and DEV == "cpu":
+        pytest.skip("the interpreter's bf16 dot is not a reference")
+    g = torch.Generator().manual_seed(M * 7 + N)
+    x = torch.randn(M, K, generator=g).to(DEV, dtype)
+    w = (torch.randn(N, K, generator=g) / K ** 0.5).to(DEV, dtype)
+    b = torch.randn(N, generator=g).to(DEV, dtype) if bias else None
+    out = skinny_linear(x, w, b, config=config)
+    split = (config or default_config(M, N, K))[2]
+    assert out.shape == (M, N) and out.dtype == (torch.float32 if -(-K // 128) > 1 and split > 1 else dtype)
+    assert rel(out, skinny_reference(x, w, b)) < (1e-5 if dtype == torch.float32 else 1e-2)
+    # into a strided, zeroed fp32 buffer (a column slice), touching nothing else
+    if split > 1:
+        wide = torch.zeros(M, N + 3, device=DEV)
+        skinny_linear(x, w, b, out=wide[:, :N], config=config)
+        assert rel(wide[:, :N], out) < 1e-5 and torch.all(wide[:, N:] == 0)
+
+
+def test_skinny_preferred_and_fp32_residual():
+    from h1r.model.kernels.fused import add_rmsnorm
+    from h1r.model.kernels.skinny_gemm import preferred
+
+    assert not preferred("w_down", 1) and preferred("w_down", 16) and not preferred("w_down", 64)
+    assert not preferred("w_in", 8) and preferred("lm_head", 8) and not preferred("lm_head", 65)
+    # an fp32 split-K sum into the bf16 residual stream rounds like F.linear's bf16 output would
+    low = torch.bfloat16 if DEV == "cuda" else torch.float16  # the interpreter's bf16 arithmetic is off
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(3, 64, generator=g).to(DEV, low)
+    a = torch.randn(3, 64, generator=g).to(DEV)
+    w = torch.ones(64, device=DEV, dtype=low)
+    h2, _ = add_rmsnorm(h, w, 1e-5, a)
+    assert torch.equal(h2, h + a.to(low)) and not torch.equal(h2, (h.float() + a).to(low))
+
+
 @pytest.mark.parametrize("groups,norm,first", [(1, True, False), (2, True, False), (2, True, True), (1, False, False)])
 @pytest.mark.parametrize("M", [1, 2])
 def test_gated_gemv_equals_gated_norm_then_projection(groups, norm, first, M):

@@ -131,6 +131,9 @@ class FastFalconH1:
         # one-row decode steps with the norms inside the projections (kernels/gemv.py); H1R_FUSED_PROJ=0 keeps
         # cuBLAS and the add_rmsnorm kernels everywhere
         self.fused_projections = os.environ.get("H1R_FUSED_PROJ", "1") != "0"
+        # decode steps of 2-64 rows run the projections where the split-K Triton GEMM beats cuBLAS
+        # (kernels/skinny_gemm.py `preferred`); H1R_SKINNY=0 keeps cuBLAS and the silu_mul kernel
+        self.skinny_projections = os.environ.get("H1R_SKINNY", "1") != "0"
         self.gated_norm_in_gemv = False  # whether the output-projection GEMV can also do the gated norm
         if self.use_kernels:
             from h1r.model.kernels.gemv import gated_gemv_fits
@@ -178,47 +181,12 @@ class FastFalconH1:
         offs = [sum(sizes[:i]) for i in range(len(sizes))]
         h = self.embed[ids]
         if self.use_kernels:
-            from h1r.model.kernels.fused import add_rmsnorm, gated_rmsnorm, rope_and_store, silu_mul
-            from h1r.model.kernels.gemv import gated_gemv, gemv
+            from h1r.model.kernels import one_row_step
 
-            # a one-row decode step takes the norms into the projections (their weights are folded into the
-            # columns, leaving 1/rms(h), summed from the input the GEMV reads anyway), and the activation,
-            # gated norm and residual adds too. More rows: cuBLAS and the add_rmsnorm kernels (a Triton GEMM
-            # with the norm as its epilogue was slower than cuBLAS at 8-64 rows: gemv_gpu_norm_matmul_dropped.json)
             one = self.fused_projections and N == 1 and prefill is None
-            gated_in_gemv = one and self.gated_norm_in_gemv
-            if not one:
-                h, x = add_rmsnorm(h, self.layers[0].ln1, self.eps)
-            for li, L in enumerate(self.layers):
-                proj = gemv(h, L.w_in, L.b_in, norm_eps=self.eps) if one else F.linear(x, L.w_in, L.b_in)
-                z, xBC, dt = proj[:, :offs[1]], proj[:, offs[1]:offs[2]], proj[:, offs[2]:offs[3]]
-                kc, vc = cache.k[li], cache.v[li]
-                q = rope_and_store(proj, offs[3], offs[4], offs[5], positions, self.inv_freq, kv_index,
-                                   kc.view(-1, self.Hkv, self.hd), vc.view(-1, self.Hkv, self.hd),
-                                   self.Hq, self.Hkv, self.hd)
-                mo = torch.empty(N, self.d_ssm + self.Hq * self.hd, device=h.device, dtype=self.dtype)
-                self._attention(li, q, S, decode_table, decode_context, cache, prefill, splits,
-                                out=mo[:, self.d_ssm:].view(N, self.Hq, self.hd))
-                y = self._mamba(li, L, xBC, dt, cache, S, decode_slots, prefill)
-                if not gated_in_gemv:
-                    gated_rmsnorm(y, z, L.norm_w, self.G, self.eps, self.norm_before_gate, self.dtype,
-                                  out=mo[:, :self.d_ssm])
-                if one:  # h is this step's own tensor (embed[ids]): updated in place
-                    if gated_in_gemv:  # the gated norm of y happens as the output projection reads it
-                        gated_gemv(y, z, L.norm_w, self.G, self.eps, self.norm_before_gate, mo[:, self.d_ssm:],
-                                   L.w_mo, L.b_mo, residual=h, out=h)
-                    else:
-                        gemv(mo, L.w_mo, L.b_mo, residual=h, out=h)
-                    gemv(gemv(h, L.w_gu, L.b_gu, norm_eps=self.eps), L.w_down, L.b_down, silu_mul=True,
-                         residual=h, out=h)
-                else:
-                    h, x = add_rmsnorm(h, L.ln2, self.eps, F.linear(mo, L.w_mo, L.b_mo))
-                    dn = F.linear(silu_mul(F.linear(x, L.w_gu, L.b_gu)), L.w_down, L.b_down)
-                    nxt = self.layers[li + 1].ln1 if li + 1 < len(self.layers) else self.final_norm
-                    h, x = add_rmsnorm(h, nxt, self.eps, dn)
-            if one:
-                _, x = add_rmsnorm(h, self.final_norm, self.eps)
-            return x
+            with one_row_step(one):  # under H1R_PDL=auto a one-row step's kernels launch early (kernels.pdl)
+                return self._hidden_kernels(h, one, offs, positions, kv_index, cache, decode_slots, decode_table,
+                                            decode_context, prefill, splits)
         freqs = positions.float()[:, None] * self.inv_freq[None]
         emb = torch.cat([freqs, freqs], dim=-1)
         cos, sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
@@ -240,9 +208,65 @@ class FastFalconH1:
             h = h + F.linear(F.silu(g) * u, L.w_down, L.b_down)
         return self._rms(h, self.final_norm)
 
+    def _hidden_kernels(self, h, one, offs, positions, kv_index, cache, decode_slots, decode_table, decode_context,
+                        prefill, splits):
+        """`hidden` through the Triton kernels; `one`: a one-row decode step (the fused-GEMV path)."""
+        from h1r.model.kernels.fused import add_rmsnorm, gated_rmsnorm, rope_and_store, silu_mul
+        from h1r.model.kernels.gemv import gated_gemv, gemv
+
+        N, S = h.shape[0], decode_slots.shape[0]
+        # a one-row decode step takes the norms into the projections (their weights are folded into the
+        # columns, leaving 1/rms(h), summed from the input the GEMV reads anyway), and the activation,
+        # gated norm and residual adds too. More rows: cuBLAS (or, for a few rows, the split-K GEMM: _projection)
+        # and the add_rmsnorm kernels (a Triton GEMM with the norm as its epilogue was slower than cuBLAS at
+        # 8-64 rows: gemv_gpu_norm_matmul_dropped.json)
+        gated_in_gemv = one and self.gated_norm_in_gemv
+        proj_mo, proj_gu, proj_down = (self._projection(n, N, prefill) for n in ("w_mo", "w_gu", "w_down"))
+        if not one:
+            h, x = add_rmsnorm(h, self.layers[0].ln1, self.eps)
+        for li, L in enumerate(self.layers):
+            proj = gemv(h, L.w_in, L.b_in, norm_eps=self.eps) if one else F.linear(x, L.w_in, L.b_in)
+            z, xBC, dt = proj[:, :offs[1]], proj[:, offs[1]:offs[2]], proj[:, offs[2]:offs[3]]
+            kc, vc = cache.k[li], cache.v[li]
+            q = rope_and_store(proj, offs[3], offs[4], offs[5], positions, self.inv_freq, kv_index,
+                               kc.view(-1, self.Hkv, self.hd), vc.view(-1, self.Hkv, self.hd),
+                               self.Hq, self.Hkv, self.hd)
+            mo = torch.empty(N, self.d_ssm + self.Hq * self.hd, device=h.device, dtype=self.dtype)
+            self._attention(li, q, S, decode_table, decode_context, cache, prefill, splits,
+                            out=mo[:, self.d_ssm:].view(N, self.Hq, self.hd))
+            y = self._mamba(li, L, xBC, dt, cache, S, decode_slots, prefill)
+            if not gated_in_gemv:
+                gated_rmsnorm(y, z, L.norm_w, self.G, self.eps, self.norm_before_gate, self.dtype,
+                              out=mo[:, :self.d_ssm])
+            if one:  # h is this step's own tensor (embed[ids]): updated in place
+                if gated_in_gemv:  # the gated norm of y happens as the output projection reads it
+                    gated_gemv(y, z, L.norm_w, self.G, self.eps, self.norm_before_gate, mo[:, self.d_ssm:],
+                               L.w_mo, L.b_mo, residual=h, out=h)
+                else:
+                    gemv(mo, L.w_mo, L.b_mo, residual=h, out=h)
+                gemv(gemv(h, L.w_gu, L.b_gu, norm_eps=self.eps), L.w_down, L.b_down, silu_mul=True,
+                     residual=h, out=h)
+            else:
+                h, x = add_rmsnorm(h, L.ln2, self.eps, proj_mo(mo, L.w_mo, L.b_mo))
+                dn = proj_down(silu_mul(proj_gu(x, L.w_gu, L.b_gu)), L.w_down, L.b_down)
+                nxt = self.layers[li + 1].ln1 if li + 1 < len(self.layers) else self.final_norm
+                h, x = add_rmsnorm(h, nxt, self.eps, dn)
+        if one:
+            _, x = add_rmsnorm(h, self.final_norm, self.eps)
+        return x
+
     def logits(self, x):
         """x: final-normed hidden states (from `hidden`) -> fp32 logits [R, vocab]."""
-        return F.linear(x, self.lm_head)[:, :self.vocab_size].float()
+        return self._projection("lm_head", x.shape[0], None)(x, self.lm_head)[:, :self.vocab_size].float()
+
+    def _projection(self, name: str, rows: int, prefill):
+        """F.linear, or the split-K Triton GEMM for a decode step whose row count it runs faster."""
+        if self.use_kernels and self.skinny_projections and prefill is None:
+            from h1r.model.kernels import skinny_gemm
+
+            if skinny_gemm.preferred(name, rows):
+                return skinny_gemm.skinny_linear
+        return F.linear
 
     def _attention(self, li, q, S, table, context, cache, prefill, splits, out=None):
         """q [N, Hq, hd] (rotated); the step's K/V are already in the cache. -> [N, Hq, hd] (in `out` if given)."""

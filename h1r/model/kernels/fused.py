@@ -23,9 +23,10 @@ def _add_rmsnorm_kernel(h_ptr, a_ptr, b_ptr, w_ptr, out_h_ptr, out_x_ptr, D, eps
     m = c < D
     h = tl.load(h_ptr + r * D + c, mask=m, other=0.0)
     if HAS_A:
-        delta = tl.load(a_ptr + r * D + c, mask=m, other=0.0)
+        # a may be an fp32 split-K sum (skinny_gemm): rounded to the stream's dtype as F.linear's output is
+        delta = tl.load(a_ptr + r * D + c, mask=m, other=0.0).to(h.dtype)
         if HAS_B:
-            delta = delta + tl.load(b_ptr + r * D + c, mask=m, other=0.0)
+            delta = delta + tl.load(b_ptr + r * D + c, mask=m, other=0.0).to(h.dtype)
         h = h + delta
         tl.store(out_h_ptr + r * D + c, h, mask=m)
     hf = h.to(tl.float32)
@@ -37,7 +38,8 @@ def _add_rmsnorm_kernel(h_ptr, a_ptr, b_ptr, w_ptr, out_h_ptr, out_x_ptr, D, eps
 
 def add_rmsnorm(h: torch.Tensor, weight: torch.Tensor, eps: float, a: torch.Tensor | None = None,
                 b: torch.Tensor | None = None):
-    """h' = h + (a + b) (when given); x = weight * rmsnorm(h'). Returns (h', x). All [R, D] contiguous."""
+    """h' = h + (a + b) (when given; a may be fp32); x = weight * rmsnorm(h'). Returns (h', x). All [R, D]
+    contiguous."""
     R, D = h.shape
     out_x = torch.empty_like(h)
     out_h = torch.empty_like(h) if a is not None else h
