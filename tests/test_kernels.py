@@ -118,7 +118,8 @@ def test_num_splits_fill_the_gpu():
     from h1r.model.kernels.paged_attention import PROGRAMS_PER_SM, num_splits_for
 
     assert num_splits_for(64, 2, 2112) * 64 * 2 >= PROGRAMS_PER_SM * 132  # batch 64 is split too
-    assert num_splits_for(64, 2, 300) == 1  # too short a context to split
+    assert num_splits_for(64, 2, 100) == 1  # too short a context to split
+    assert num_splits_for(1, 2, 2112) == 2112 // 64  # one stream: a block of context per split
     assert num_splits_for(1, 2, 32768) == 64  # capped
     assert num_splits_for(512, 8, 32768) == 1
 

@@ -106,12 +106,16 @@ BLOCK_N, NUM_WARPS, NUM_STAGES = 64, 4, 2
 PROGRAMS_PER_SM = 4  # a (sequence, kv head) program streams its context serially: one per SM is latency-bound
 
 
+MIN_SPLIT_TOKENS = 64  # one block: at batch 1, 1.5k context, 1/2/4/8 splits took 39/21/13/8 µs (attn_gpu.json)
+
+
 def num_splits_for(batch: int, kv_heads: int, max_context: int, sms: int = 132) -> int:
     """Split the context until there are about PROGRAMS_PER_SM programs per SM; each split of the longest
-    context keeps >= 256 tokens of work. Splits beyond a short context are empty and cost one merge term."""
+    context keeps >= MIN_SPLIT_TOKENS tokens of work. Splits beyond a short context are empty and cost one
+    merge term."""
     pairs = max(1, batch * kv_heads)
     want = -(-PROGRAMS_PER_SM * sms // pairs)
-    return int(max(1, min(want, max(1, max_context // 256), 64)))
+    return int(max(1, min(want, max(1, max_context // MIN_SPLIT_TOKENS), 64)))
 
 
 def paged_decode_attention(q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, page_table: torch.Tensor,
