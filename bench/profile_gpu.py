@@ -129,7 +129,7 @@ if "dec" in what:
         steps0 = eng.stats.steps
         r = D.drive(llm, prompts, 256)
         n = eng.stats.steps - steps0
-        print(B, {k: round(v, 3) for k, v in r.items()}, {k: round(v / n * 1e3, 3) for k, v in T.items()}, "ms/step", n, flush=True)
+        print(B, {k: round(v, 3) for k, v in r.items() if isinstance(v, float)}, {k: round(v / n * 1e3, 3) for k, v in T.items()}, "ms/step", n, flush=True)
         print("replay after run", D.replay_times(llm, [B]), flush=True)
     del llm, model
     torch.cuda.empty_cache()
