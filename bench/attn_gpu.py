@@ -3,6 +3,9 @@
 
     python bench/attn_gpu.py                  # writes bench/results/attn_gpu.json
 
+(The committed attn_gpu.json predates MIN_SPLIT_TOKENS = 64 and the b1 / max 32k and b8 shapes: its
+splits stop at max_model_len // 256 and its keys carry no _max suffix.)
+
 7B shape: 12 query heads, 2 KV heads of 128, 16-token pages scattered over the pool. The K/V bytes a
 step must read are batch x context x 2 heads x 128 x 2 (K and V) x 2 bytes; the ceiling is the card's
 measured copy bandwidth (bench/decode_gpu.py's `ceilings`).
@@ -45,7 +48,8 @@ def main(argv=None):
         "BLOCK_N": PA.BLOCK_N, "NUM_WARPS": PA.NUM_WARPS, "NUM_STAGES": PA.NUM_STAGES,
         "PROGRAMS_PER_SM": PA.PROGRAMS_PER_SM}, "shapes": {}}
     print(f"copy {bw / 1e9:.0f} GB/s", flush=True)
-    shapes = [(64, 1536, 2112), (64, 4608, 8768), (1, 1536, 2112), (1, 32768, 32768), (16, 8192, 32768)]
+    shapes = [(64, 1536, 2112), (64, 4608, 8768), (1, 1536, 2112), (1, 1536, 32768), (8, 1536, 2112),
+              (1, 32768, 32768), (16, 8192, 32768)]
     for batch, ctx, max_len in shapes:
         q, kp, vp, table, context = setup(batch, ctx, dev, g)
         ref = reference(q.float(), kp.float(), vp.float(), table, context, HD ** -0.5)
@@ -66,7 +70,7 @@ def main(argv=None):
         default_splits = PA.num_splits_for(batch, HKV, max_len)
         base = run(default_splits, PA.BLOCK_N, PA.NUM_WARPS, PA.NUM_STAGES)
         for sp in sorted({1, 2, 4, 8, 16, 32, 64} - {default_splits}):
-            if sp <= max(1, max_len // 256):
+            if sp <= max(1, max_len // PA.MIN_SPLIT_TOKENS):
                 run(sp, PA.BLOCK_N, PA.NUM_WARPS, PA.NUM_STAGES)
         best_sp = min(rows, key=lambda r: r["us"])["splits"]
         for bn in (32, 64, 128):
@@ -75,7 +79,7 @@ def main(argv=None):
                     if (bn, w, st) != (PA.BLOCK_N, PA.NUM_WARPS, PA.NUM_STAGES):
                         run(best_sp, bn, w, st)
         best = min(rows, key=lambda r: r["us"])
-        key = f"b{batch}_ctx{ctx}"
+        key = f"b{batch}_ctx{ctx}_max{max_len}"  # max_model_len sets the default split count
         res["shapes"][key] = {"batch": batch, "context": ctx, "max_model_len": max_len, "bytes": nbytes,
                               "default_splits": default_splits, "default_us": base,
                               "default_roofline": nbytes / base / 1e3 / (bw / 1e9), "best": best, "rows": rows}
