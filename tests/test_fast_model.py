@@ -83,6 +83,11 @@ def test_fast_single_stream_with_gated_norm_apart(model_dir, monkeypatch):
     ref = LLM(str(model_dir), fast=False, **KW)
     fast = LLM(str(model_dir), fast=True, **KW)
     assert not fast.fast_model.gated_norm_in_gemv
+    monkeypatch.undo()
+    fits = LLM(str(model_dir), fast=True, **KW).fast_model.gated_norm_in_gemv
+    monkeypatch.setenv("H1R_GATED_GEMV", "0")  # the switch that asks for the same path
+    assert not LLM(str(model_dir), fast=True, **KW).fast_model.gated_norm_in_gemv
+    assert fits or not fast.fast_model.use_kernels  # (so the switch is what turned it off)
     sp = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=2)
     prompt = _prompts(4)[0]
     a, b = ref.generate([prompt], sp)[0].outputs[0], fast.generate([prompt], sp)[0].outputs[0]

@@ -135,7 +135,7 @@ class FastFalconH1:
         # (kernels/skinny_gemm.py `preferred`); H1R_SKINNY=0 keeps cuBLAS and the silu_mul kernel
         self.skinny_projections = os.environ.get("H1R_SKINNY", "1") != "0"
         self.gated_norm_in_gemv = False  # whether the output-projection GEMV can also do the gated norm
-        if self.use_kernels:
+        if self.use_kernels and os.environ.get("H1R_GATED_GEMV", "1") != "0":  # 0: gated_rmsnorm, then a GEMV
             from h1r.model.kernels.gemv import gated_gemv_fits
 
             self.gated_norm_in_gemv = gated_gemv_fits(self.d_ssm, self.G, self.Hq * self.hd, cfg.hidden_size)
