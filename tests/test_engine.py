@@ -143,6 +143,40 @@ def test_everything_is_freed_after_preemption_abort_and_hooks(model_dir):
     assert [o.outputs[0].token_ids for o in llm.generate(ps, g)] == [o.outputs[0].token_ids for o in big.generate(ps, g)]
 
 
+def test_single_sample_prompts_fill_the_token_budget_not_max_snapshots(model_dir):
+    """A burst of one-sample requests is prefilled up to the token budget per step (each prompt's slot
+    becomes its sequence's), while prompts held for several samples stay within max_snapshots and the
+    generating sequences within max_num_seqs; greedy tokens are those of a one-at-a-time engine."""
+    llm = LLM(str(model_dir), max_num_batched_tokens=400, max_num_seqs=12, max_snapshots=2, **KW)
+    eng = llm.engine
+    ps = prompts(9, (20,) * 16)
+    g = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    for i, p in enumerate(ps):
+        eng.add_request(f"s{i}", p, g)
+    eng.step()
+    assert eng.stats.prefill_tokens == 12 * 20  # max_num_seqs prompts in one step, not max_snapshots (2)
+    most = 0
+    while eng.has_unfinished():
+        eng.step()
+        most = max(most, len(eng.scheduler.running))
+    assert most <= 12
+    one = LLM(str(model_dir), max_num_batched_tokens=400, max_num_seqs=1, **KW)
+    assert [eng.get_output(f"s{i}").outputs[0].token_ids for i in range(16)] == \
+           [o.outputs[0].token_ids for o in one.generate(ps, g)]
+    # prompts with several samples each are still prefilled at most max_snapshots at a time
+    before = eng.stats.prefill_tokens
+    for i, p in enumerate(prompts(10, (20,) * 5)):
+        eng.add_request(f"m{i}", p, SamplingParams(n=3, max_tokens=4, seed=i, ignore_eos=True))
+    eng.step()
+    assert eng.stats.prefill_tokens - before == 2 * 20
+    while eng.has_unfinished():
+        eng.step()
+        assert len(eng.scheduler.running) <= 12
+    assert all(len(eng.get_output(f"m{i}").outputs) == 3 for i in range(5))
+    u = eng.cache_usage()
+    assert u["slots_free"] == u["slots_total"] and u["pages_free"] == u["pages_total"]
+
+
 @pytest.mark.parametrize("kw,msg", [
     (dict(temperature=-1), "temperature must be >= 0"),
     (dict(top_p=0), r"top_p must be in \(0, 1\]"),

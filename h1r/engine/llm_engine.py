@@ -167,6 +167,7 @@ class LLMEngine:
         if group is None:
             snap = Sequence(None, -1, list(ids), len(ids), seed=0, is_snapshot=True)
             group = PrefillGroup(key, snap)
+            snap.group = group
             self.scheduler.groups[key] = group
             self.scheduler.waiting.append(snap)
         return group

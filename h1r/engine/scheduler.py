@@ -50,6 +50,23 @@ class Scheduler:
         n = sum(1 for s in self.prefilling if s.is_snapshot == snapshot)
         return n + (len(self.snapshots) if snapshot else len(self.running))
 
+    @staticmethod
+    def _solo(seq: Sequence) -> bool:
+        """A snapshot whose one remaining sample will take over its slot: a sequence in the making."""
+        g = seq.group
+        return seq.is_snapshot and g is not None and len(g.pending) <= 1 and not g.pins
+
+    def _admit_limit_reached(self, seq: Sequence) -> bool:
+        """Whether a slot for `seq` would go past max_snapshots (prompts held for several samples) or
+        max_num_seqs (generating sequences, counting the one-sample snapshots that will become them). One
+        sample's prompt is not held back by max_snapshots: a burst of single-sample requests is prefilled
+        up to the token budget per step, not max_snapshots prompts at a time."""
+        held = self.prefilling + self.snapshots
+        solo = sum(1 for s in held if self._solo(s))
+        if seq.is_snapshot and not self._solo(seq):
+            return self._active(True) - solo >= self.max_snapshots
+        return self._active(False) + solo >= self.max_num_seqs
+
     def has_work(self) -> bool:
         return bool(self.waiting or self.prefilling or self.running or
                     any(g.pending for g in self.groups.values()))
@@ -162,10 +179,8 @@ class Scheduler:
         for seq in candidates:
             if budget <= 0:
                 break
-            if seq.slot is None:
-                limit = self.max_snapshots if seq.is_snapshot else self.max_num_seqs
-                if self._active(seq.is_snapshot) >= limit or self.slots.num_free == 0:
-                    continue
+            if seq.slot is None and (self._admit_limit_reached(seq) or self.slots.num_free == 0):
+                continue
             room = (len(seq.pages) + self.pages.num_free) * self.page_size - seq.num_computed
             chunk = min(budget, seq.num_tokens - seq.num_computed, room)
             if chunk <= 0 or not self._ensure_pages(seq, seq.num_computed + chunk):

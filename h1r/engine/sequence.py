@@ -36,6 +36,7 @@ class Sequence:
         self.status = Status.WAITING
         self.seed = seed
         self.is_snapshot = is_snapshot
+        self.group: "PrefillGroup | None" = None  # a snapshot's prefill group
         self.finish_reason: str | None = None
         self.stop_reason = None
         self.hook = None
