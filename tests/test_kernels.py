@@ -216,6 +216,7 @@ def test_gemv_prologues_and_epilogue(M, N, K, mode, dtype):
     (64, 200, 512, (64, 128, 1, 4, 2)),  # one split: stored in the input's dtype
     (64, 96, 1024, (64, 128, 2, 4, 3, True)),  # TMA descriptors
     (5, 64, 256, (32, 128, 2, 4, 2, True)),  # TMA with rows padded to the 16-row tile
+    (3, 40, 200, (32, 128, 2, 4, 2, True)),  # TMA asked for, K not a whole number of blocks: pointer loads
 ])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

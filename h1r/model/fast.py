@@ -131,8 +131,8 @@ class FastFalconH1:
         # one-row decode steps with the norms inside the projections (kernels/gemv.py); H1R_FUSED_PROJ=0 keeps
         # cuBLAS and the add_rmsnorm kernels everywhere
         self.fused_projections = os.environ.get("H1R_FUSED_PROJ", "1") != "0"
-        # decode steps of 2-64 rows run the projections where the split-K Triton GEMM beats cuBLAS
-        # (kernels/skinny_gemm.py `preferred`); H1R_SKINNY=0 keeps cuBLAS and the silu_mul kernel
+        # decode steps of a few rows run the projections where the split-K Triton GEMM beats cuBLAS
+        # (kernels/skinny_gemm.py `preferred`: 2-16 rows); H1R_SKINNY=0 keeps cuBLAS
         self.skinny_projections = os.environ.get("H1R_SKINNY", "1") != "0"
         self.gated_norm_in_gemv = False  # whether the output-projection GEMV can also do the gated norm
         if self.use_kernels and os.environ.get("H1R_GATED_GEMV", "1") != "0":  # 0: gated_rmsnorm, then a GEMV

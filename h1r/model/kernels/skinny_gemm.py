@@ -124,7 +124,8 @@ def skinny_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = 
     cfg = tuple(config) if config is not None else default_config(M, N, K)
     block_n, block_k, split, warps, stages = cfg[:5]
     use_tma = (cfg[5] if len(cfg) > 5 else False) if tma is None else tma
-    use_tma = use_tma and K % block_k == 0 and x.data_ptr() % 16 == 0 and (x.stride(0) * x.element_size()) % 16 == 0
+    use_tma = use_tma and K % block_k == 0 and all(  # TMA needs 16-byte aligned bases and row strides
+        t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in (x, w))
     k_split = -(-(-(-K // split)) // block_k) * block_k
     split = -(-K // k_split)
     if out is None:
