@@ -97,8 +97,8 @@ def test_fast_single_stream_with_gated_norm_apart(model_dir, monkeypatch):
 
 
 def test_fast_multi_row_decode_through_skinny_gemm(model_dir, monkeypatch):
-    """Decode steps of a few rows run w_mo, w_gu, w_down and the LM head through the split-K Triton GEMM; same tokens and logprobs as the reference, and the same as with
-    H1R_SKINNY=0 (cuBLAS)."""
+    """Decode steps of a few rows run w_mo, w_gu, w_down and the LM head through the split-K Triton GEMM;
+    same tokens and logprobs as the reference, and the same as with H1R_SKINNY=0 (cuBLAS)."""
     pytest.importorskip("triton")
     from h1r.model.kernels import available, skinny_gemm
 
