@@ -190,3 +190,33 @@ def test_a_document_index_of_the_wrong_length_is_a_named_error():
     x, dt, A, B, C, _ = make([12], 2, 3, 4, 1, torch.float32, seed=23)
     with pytest.raises(ValueError, match="12 tokens but the document index covers 11"):
         ssd_packed(x, dt, A, B, C, torch.zeros(11, dtype=torch.int64), 8)
+
+
+@pytest.mark.parametrize("lens,Q", CASES)
+@pytest.mark.parametrize("G", [1, 2])
+def test_scan_state_passing_matches_the_dense_product(lens, Q, G, monkeypatch):
+    """H1R_SSD_SCAN=1 (the Triton scan between chunks, kernels/state_passing.py): the same values and
+    gradients as the dense [nc, nc] product and as the recurrence. Runs on CUDA or under TRITON_INTERPRET=1."""
+    pytest.importorskip("triton")
+    from h1r.model import kernels
+    from h1r.model import ssd_packed as SP
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if not kernels.available(dev):
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    H, P, N = 4, 3, 5
+    base = make(lens, H, P, N, G, torch.float64, seed=len(lens) * 10 + Q + G + 1)
+    cu = base[5]
+    doc = doc_ids_from_cu(cu, sum(lens)).to(dev)
+    runs = {}
+    for scan in (False, True):
+        monkeypatch.setattr(SP, "SCAN", scan)
+        assert SP._use_scan(torch.empty(1, device=dev)) == scan
+        inputs = [t.float().to(dev).requires_grad_() for t in base[:5]]
+        y = ssd_packed(*inputs, doc, Q)
+        dy = torch.ones_like(y).cumsum(0) / y.shape[0]
+        runs[scan] = [y] + list(torch.autograd.grad(y, inputs, dy))
+    y_ref = reference(*base[:5], cu)
+    assert rel(runs[True][0].double().cpu(), y_ref) < 1e-5
+    for name, a, b in zip("y x dt A B C".split(), runs[True], runs[False]):
+        assert rel(a, b) < 1e-5, name

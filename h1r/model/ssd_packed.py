@@ -34,6 +34,17 @@ from h1r.model.ssd import segsum
 # fuse the elementwise chains with torch.compile on CUDA (COMPILE_ON_CPU: tests compare the two)
 COMPILE = os.environ.get("H1R_COMPILE", "1") != "0"
 COMPILE_ON_CPU = False
+# H1R_SSD_SCAN=1: pass states between chunks with the Triton scan (kernels/state_passing.py) where the
+# kernels run, instead of the dense [nc, nc] product; opt-in until it is timed on a GPU
+SCAN = os.environ.get("H1R_SSD_SCAN", "0") == "1"
+
+
+def _use_scan(t: torch.Tensor) -> bool:
+    if not SCAN:
+        return False
+    from h1r.model import kernels
+
+    return kernels.available(t.device)
 
 
 def _fused(fn):
@@ -237,7 +248,13 @@ class PackedSSD(torch.autograd.Function):
         k = _Chunks(xdt, a, B, C, layout)
         M = _intra_matrix(k.cs, k.CB(), k.lay.same, k.cd)  # [nc,H,Q,Q]
         y_diag = k.by_head(M @ k.by_head(k.xdt))  # [nc,Q,H,P]
-        S_in = k.states_in(k.chunk_states(k.state_inputs()), k.gam())
+        S = k.chunk_states(k.state_inputs())
+        if _use_scan(xdt):
+            from h1r.model.kernels.state_passing import chunk_decay_factors, state_pass
+
+            S_in = state_pass(S.contiguous(), chunk_decay_factors(k.cs[:, -1], k.lay.doc_end))
+        else:
+            S_in = k.states_in(S, k.gam())
         y = _combine(y_diag, k.ungrouped(k.Cc @ S_in), k.cs, k.lay.from_start)
         ctx.save_for_backward(xdt, a, B, C, S_in)
         ctx.layout = layout
@@ -256,13 +273,20 @@ class PackedSSD(torch.autograd.Function):
         dC = (dYo @ S_in.transpose(-1, -2)).to(k.fd)  # [nc,G,Q,N]
         dS_in = k.Cc.transpose(-1, -2) @ dYo  # [nc,G,N,Hg*P]
 
-        # between chunks: S_in = Gam @ S (per head)
+        # between chunks: S_in = Gam @ S (per head), or the scan S_in[z+1] = decay[z] S_in[z] + S[z]
         xw = k.state_inputs()
-        S, gam = k.chunk_states(xw), k.gam()
-        dS_in_h, S_h = k.per_head(dS_in), k.per_head(S)
-        dS = k.per_chunk(gam.to(cd).transpose(-1, -2) @ dS_in_h)
-        dgam = (dS_in_h @ S_h.transpose(-1, -2)).to(k.fd)  # [H,nc,nc]
-        dcs[:, -1] += _chunk_decay_grad(gam, dgam)
+        if _use_scan(xdt):
+            from h1r.model.kernels.state_passing import chunk_decay_factors, state_pass_backward
+
+            decay = chunk_decay_factors(k.cs[:, -1], k.lay.doc_end)
+            dS, ddecay = state_pass_backward(dS_in.contiguous(), S_in.contiguous(), decay)
+            dcs[:, -1] += ddecay * decay  # decay = exp(tot) * mask
+        else:
+            S, gam = k.chunk_states(xw), k.gam()
+            dS_in_h, S_h = k.per_head(dS_in), k.per_head(S)
+            dS = k.per_chunk(gam.to(cd).transpose(-1, -2) @ dS_in_h)
+            dgam = (dS_in_h @ S_h.transpose(-1, -2)).to(k.fd)  # [H,nc,nc]
+            dcs[:, -1] += _chunk_decay_grad(gam, dgam)
 
         # chunk states: S = B^T @ xw
         dB = (xw @ dS.transpose(-1, -2)).to(k.fd)  # [nc,G,Q,N]
