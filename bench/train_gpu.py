@@ -67,7 +67,9 @@ def documents(T: int, g: torch.Generator) -> list[int]:
 
 
 def h1r_step_time(cfg, T, docs, dev, steps=3, ac=True, profile=False):
-    """Seconds per SFT step (after one warm-up step), peak GB, loss. `ac`: per-layer activation checkpointing.
+    """Seconds per SFT step (after one warm-up step), peak GB, loss, and seconds per step until the host had
+    queued the timed steps (close to the step time when the host is the bottleneck, or when something in
+    the step synchronises). `ac`: per-layer activation checkpointing.
     `profile`: print the top CUDA kernels of the timed steps (steady state: no compile, no optimizer init)."""
     from h1r.checkpoint import init_model
     from h1r.train.loss import TokenNLL
@@ -113,9 +115,10 @@ def h1r_step_time(cfg, T, docs, dev, steps=3, ac=True, profile=False):
         t = time.perf_counter()
         for _ in range(steps):
             loss = step()
+        host = (time.perf_counter() - t) / steps  # until the host has queued the steps: ~dt when host-bound
         torch.cuda.synchronize()
         dt = (time.perf_counter() - t) / steps
-        return dt, torch.cuda.max_memory_allocated() / 1e9, float(loss.detach())
+        return dt, torch.cuda.max_memory_allocated() / 1e9, float(loss.detach()), host
     finally:
         del model, lossmod, opt
         gc.collect()
@@ -124,13 +127,13 @@ def h1r_step_time(cfg, T, docs, dev, steps=3, ac=True, profile=False):
 
 def run_one(cfg, name, T, docs, dev, rate, ac) -> dict:
     try:
-        dt, peak, loss = h1r_step_time(cfg, T, docs, dev, ac=ac)
+        dt, peak, loss, host = h1r_step_time(cfg, T, docs, dev, ac=ac)
     except torch.OutOfMemoryError:
         gc.collect()
         torch.cuda.empty_cache()
         return {"preset": name, "tokens": T, "activation_checkpointing": ac, "error": "out of memory"}
     r = {"preset": name, "tokens": T, "activation_checkpointing": ac, "docs": docs, "seconds": dt, "tok_s": T / dt,
-         "model_flops": model_flops(cfg, docs), "peak_memory_GB": peak, "loss": loss}
+         "host_queue_seconds": host, "model_flops": model_flops(cfg, docs), "peak_memory_GB": peak, "loss": loss}
     r["MFU"] = r["model_flops"] / dt / rate
     return r
 
@@ -176,10 +179,10 @@ def time_variant(cfg, T, docs, dev, ac, module, attr: str, value, flops_per_rate
     saved = getattr(module, attr)
     setattr(module, attr, value)
     try:
-        dt, _, loss = h1r_step_time(cfg, T, docs, dev, ac=ac)
+        dt, _, loss, host = h1r_step_time(cfg, T, docs, dev, ac=ac)
     finally:
         setattr(module, attr, saved)
-    return {"seconds": dt, "tok_s": T / dt, "loss": loss, "MFU": flops_per_rate / dt}
+    return {"seconds": dt, "tok_s": T / dt, "host_queue_seconds": host, "loss": loss, "MFU": flops_per_rate / dt}
 
 
 def main(argv=None):
@@ -194,6 +197,8 @@ def main(argv=None):
                     help="also time these lengths with fla's parallel SSD kernels (the path before ssd_packed)")
     ap.add_argument("--ssd-eager-lengths", default="",
                     help="also time these lengths with the SSD's elementwise pieces unfused (no torch.compile)")
+    ap.add_argument("--ssd-scan-lengths", default="",
+                    help="also time these lengths with the Triton scan between SSD chunks (H1R_SSD_SCAN=1's path)")
     ap.add_argument("--out", default="bench/results/train_gpu.json")
     ap.add_argument("--profile", action="store_true", help="profile steady-state steps of the first preset/length/ac")
     args = ap.parse_args(argv)
@@ -209,8 +214,8 @@ def main(argv=None):
     if args.profile:
         cfg = preset(args.presets.split(",")[0])
         T = int(args.lengths.split(",")[0])
-        dt, peak, _ = h1r_step_time(cfg, T, documents(T, g), dev, steps=2, ac=acs[0], profile=True)
-        print(f"wall {1e3 * dt:.0f} ms per step, peak {peak:.1f} GB", flush=True)
+        dt, peak, _, host = h1r_step_time(cfg, T, documents(T, g), dev, steps=2, ac=acs[0], profile=True)
+        print(f"wall {1e3 * dt:.0f} ms per step ({1e3 * host:.0f} ms to queue it), peak {peak:.1f} GB", flush=True)
         return
     rate = matmul_rate(dev)
     res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "matmul_TFLOPs": rate / 1e12, "runs": []}
@@ -224,7 +229,8 @@ def main(argv=None):
                 r = run_one(cfg, name, T, docs, dev, rate, ac)
                 variants = [("eager_glue", args.eager_glue_lengths, fh, "COMPILE_TRAINING", False),
                             ("fla_parallel_ssd", args.ssd_compare_lengths, TK, "SSD_KERNEL", "fla-parallel"),
-                            ("ssd_eager", args.ssd_eager_lengths, SP, "COMPILE", False)]
+                            ("ssd_eager", args.ssd_eager_lengths, SP, "COMPILE", False),
+                            ("ssd_scan", args.ssd_scan_lengths, SP, "SCAN", True)]
                 for key, lengths, module, attr, value in variants:
                     if "error" not in r and str(T) in lengths.split(","):
                         r[key] = time_variant(cfg, T, docs, dev, ac, module, attr, value, r["model_flops"] / rate)
@@ -241,7 +247,9 @@ def main(argv=None):
                       f"{r.get('speedup_vs_transformers', 0):>8.1f}x  {hf.get('error', r.get('error', ''))}"
                       + (f"  eager glue {r['eager_glue']['tok_s']:.0f} tok/s" if "eager_glue" in r else "")
                       + (f"  fla-parallel SSD {r['fla_parallel_ssd']['tok_s']:.0f} tok/s" if "fla_parallel_ssd" in r else "")
-                      + (f"  SSD eager {r['ssd_eager']['tok_s']:.0f} tok/s" if "ssd_eager" in r else ""),
+                      + (f"  SSD eager {r['ssd_eager']['tok_s']:.0f} tok/s" if "ssd_eager" in r else "")
+                      + (f"  SSD scan {r['ssd_scan']['tok_s']:.0f} tok/s" if "ssd_scan" in r else "")
+                      + (f"  (queued in {r['host_queue_seconds'] / r['seconds']:.0%} of the step)" if "seconds" in r else ""),
                       flush=True)
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # after every run: a cut-off run keeps its rows
                 Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
