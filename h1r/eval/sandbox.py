@@ -35,6 +35,8 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
 
+from h1r.utils.env import flag
+
 RUNNER = Path(__file__).with_name("_sandbox_runner.py")
 NOBODY = 65534
 
@@ -151,7 +153,7 @@ def isolation_prefix() -> tuple[str, ...]:
 
     Set H1R_SANDBOX_UNSHARE=0 to skip namespaces (they are probed once per process).
     """
-    if os.environ.get("H1R_SANDBOX_UNSHARE", "1") == "0" or not sys.platform.startswith("linux"):
+    if not flag("H1R_SANDBOX_UNSHARE", True) or not sys.platform.startswith("linux"):
         return ()
     exe = shutil.which("unshare")
     if not exe:

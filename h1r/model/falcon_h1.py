@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 import torch.nn as nn
@@ -22,11 +21,12 @@ import torch.nn.functional as F
 
 from h1r.config import ModelConfig
 from h1r.model import ssd
+from h1r.utils.env import flag
 
 
 # training on CUDA fuses the elementwise glue below with torch.compile; H1R_COMPILE=0 (or setting this
 # False) runs it eagerly, for debugging or where inductor is unavailable
-COMPILE_TRAINING = os.environ.get("H1R_COMPILE", "1") != "0"
+COMPILE_TRAINING = flag("H1R_COMPILE", True)
 # below this many tokens per call the compiled glue measured slower than eager on an H200 (the step is
 # host-bound there: 1.5B-deep at 8k tokens 5.2k tok/s compiled vs 7.5k eager; at 16k 10.6k vs 9.7k;
 # bench/results/train_gpu.json)

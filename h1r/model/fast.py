@@ -15,7 +15,6 @@ CPU tests check this file against the plain model.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +25,7 @@ from h1r.model import kernels as K
 from h1r.model import ssd
 from h1r.model.falcon_h1 import FalconH1ForCausalLM, mup_vector
 from h1r.model.kernels import prefill as PF
+from h1r.utils.env import flag
 
 
 @dataclass
@@ -130,12 +130,12 @@ class FastFalconH1:
         self.varlen_flash = True  # one flash call for all prefill segments (the per-segment loop is the fallback)
         # one-row decode steps with the norms inside the projections (kernels/gemv.py); H1R_FUSED_PROJ=0 keeps
         # cuBLAS and the add_rmsnorm kernels everywhere
-        self.fused_projections = os.environ.get("H1R_FUSED_PROJ", "1") != "0"
+        self.fused_projections = flag("H1R_FUSED_PROJ", True)
         # decode steps of a few rows run the projections where the split-K Triton GEMM beats cuBLAS
         # (kernels/skinny_gemm.py `preferred`: 2-16 rows); H1R_SKINNY=0 keeps cuBLAS
-        self.skinny_projections = os.environ.get("H1R_SKINNY", "1") != "0"
+        self.skinny_projections = flag("H1R_SKINNY", True)
         self.gated_norm_in_gemv = False  # whether the output-projection GEMV can also do the gated norm
-        if self.use_kernels and os.environ.get("H1R_GATED_GEMV", "1") != "0":  # 0: gated_rmsnorm, then a GEMV
+        if self.use_kernels and flag("H1R_GATED_GEMV", True):  # 0: gated_rmsnorm, then a GEMV
             from h1r.model.kernels.gemv import gated_gemv_fits
 
             self.gated_norm_in_gemv = gated_gemv_fits(self.d_ssm, self.G, self.Hq * self.hd, cfg.hidden_size)

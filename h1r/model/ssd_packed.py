@@ -24,19 +24,19 @@ the output are fp32 (fp64 for fp64 inputs). The backward saves the inputs and S_
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import torch.nn.functional as F
 
 from h1r.model.ssd import segsum
+from h1r.utils.env import flag
 
 # fuse the elementwise chains with torch.compile on CUDA (COMPILE_ON_CPU: tests compare the two)
-COMPILE = os.environ.get("H1R_COMPILE", "1") != "0"
+COMPILE = flag("H1R_COMPILE", True)
 COMPILE_ON_CPU = False
 # H1R_SSD_SCAN=1: pass states between chunks with the Triton scan (kernels/state_passing.py) where the
 # kernels run, instead of the dense [nc, nc] product; opt-in until it is timed on a GPU
-SCAN = os.environ.get("H1R_SSD_SCAN", "0") == "1"
+SCAN = flag("H1R_SSD_SCAN", False)
 
 
 def _use_scan(t: torch.Tensor) -> bool:

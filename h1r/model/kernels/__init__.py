@@ -63,7 +63,9 @@ def _pdl_mode(device: str) -> int:
 
     env = os.environ.get("H1R_PDL", "wait")
     if env not in ("0", "wait", "early", "auto"):
-        raise ValueError(f"H1R_PDL={env!r}: expected 0, wait, early or auto")
+        from h1r.errors import ConfigError
+
+        raise ConfigError(f"H1R_PDL={env!r}: expected 0, wait, early or auto")
     if env == "0" or os.environ.get("TRITON_INTERPRET") == "1":
         return 0
     dev = torch.device(device)

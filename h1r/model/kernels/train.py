@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from h1r.errors import ConfigError
+
 
 CALLS = {"attention": 0, "conv": 0, "ssd": 0}  # lets tests prove the kernels, not the reference, ran
 
@@ -95,7 +97,7 @@ def ssd_varlen(x, dt, A, B, C, cu: torch.Tensor, doc: torch.Tensor | None = None
         doc = doc if doc is not None else doc_ids_from_cu(cu, x.shape[0])
         return ssd_packed(x, dt, A, B, C, doc, chunk_size)
     if SSD_KERNEL not in ("chunked", "fla-parallel"):
-        raise ValueError(f"H1R_TRAIN_SSD={SSD_KERNEL!r}: expected 'chunked' or 'fla-parallel'")
+        raise ConfigError(f"H1R_TRAIN_SSD={SSD_KERNEL!r}: expected 'chunked' or 'fla-parallel'")
     return _ssd_fla(x, dt, A, B, C, cu)  # without gradients: fla's chunked forward (correct on Hopper)
 
 
