@@ -13,7 +13,6 @@ import torch
 
 from h1r.errors import ConfigError
 
-
 CALLS = {"attention": 0, "conv": 0, "ssd": 0}  # lets tests prove the kernels, not the reference, ran
 
 
