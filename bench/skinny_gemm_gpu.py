@@ -111,16 +111,12 @@ def main(argv=None):
                                bool(best_cfg[n][2]) if n in best_cfg else False, sh[n][0]) for n in Ls[0]}
         tri = lambda L: [calls[n](L[n]) for n in L]
         gb = sum(w.numel() * 2 for w in Ls[0].values()) / 1e9
-        c = {"cublas_us": time_chain(cub, Ls), "triton_us": time_chain(tri, Ls)}
+        c = {"cublas_us": timed(cub, Ls), "triton_us": timed(tri, Ls)}
         c["cublas_TBps"], c["triton_TBps"] = gb / c["cublas_us"] * 1e3, gb / c["triton_us"] * 1e3
         res["chain"][str(M)] = c
         print(f"layer chain M={M}: cuBLAS {c['cublas_us']:.1f} us ({c['cublas_TBps']:.2f} TB/s), "
               f"triton {c['triton_us']:.1f} us ({c['triton_TBps']:.2f} TB/s)", flush=True)
         save()
-
-
-def time_chain(fn, Ls):
-    return timed(fn, Ls)
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def test_fast_multi_row_decode_through_skinny_gemm(model_dir, monkeypatch):
     pytest.importorskip("triton")
     from h1r.model.kernels import available, skinny_gemm
 
-    if not available("cuda") and not available():
+    if not available("cuda"):  # (true under TRITON_INTERPRET=1 too)
         pytest.skip("needs CUDA or TRITON_INTERPRET=1")
     calls = []
     real = skinny_gemm.skinny_linear

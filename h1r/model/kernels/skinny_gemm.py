@@ -24,6 +24,19 @@ from h1r.model.kernels.launch import pdl_enter
 
 
 @triton.jit
+def _finish(acc, b_ptr, o_ptr, m, n, m_ok, n_ok, o_s, pid_k, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr):
+    """acc [BLOCK_M, BLOCK_N] fp32 (+ bias, from the first K split only) -> added into or stored in the output."""
+    if HAS_BIAS:
+        acc += tl.where(pid_k == 0, 1.0, 0.0) * tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    out = o_ptr + m.to(tl.int64)[:, None] * o_s + n[None, :]
+    mask = m_ok[:, None] & n_ok[None, :]
+    if ATOMIC:
+        tl.atomic_add(out, acc, mask=mask, sem="relaxed")
+    else:
+        tl.store(out, acc.to(o_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _skinny_kernel(x_ptr, w_ptr, b_ptr, o_ptr, M, N, x_s, w_s, o_s,
                    K: tl.constexpr, K_SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr,
@@ -45,14 +58,7 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, o_ptr, M, N, x_s, w_s, o_s,
         a = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
         w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)  # [BLOCK_N, BLOCK_K]
         acc = tl.dot(a, tl.trans(w), acc, input_precision=PREC)
-    if HAS_BIAS:
-        acc += tl.where(pid_k == 0, 1.0, 0.0) * tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    out = o_ptr + m.to(tl.int64)[:, None] * o_s + n[None, :]
-    mask = m_ok[:, None] & n_ok[None, :]
-    if ATOMIC:
-        tl.atomic_add(out, acc, mask=mask, sem="relaxed")
-    else:
-        tl.store(out, acc.to(o_ptr.dtype.element_ty), mask=mask)
+    _finish(acc, b_ptr, o_ptr, m, n, m_ok, n_ok, o_s, pid_k, HAS_BIAS, ATOMIC)
 
 
 @triton.jit
@@ -72,15 +78,7 @@ def _skinny_tma_kernel(x_desc, w_desc, b_ptr, o_ptr, M, N, o_s,
         acc = tl.dot(a, w.T, acc, input_precision=PREC)
     m = tl.arange(0, BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok, n_ok = m < M, n < N
-    if HAS_BIAS:
-        acc += tl.where(pid_k == 0, 1.0, 0.0) * tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    out = o_ptr + m.to(tl.int64)[:, None] * o_s + n[None, :]
-    mask = m_ok[:, None] & n_ok[None, :]
-    if ATOMIC:
-        tl.atomic_add(out, acc, mask=mask, sem="relaxed")
-    else:
-        tl.store(out, acc.to(o_ptr.dtype.element_ty), mask=mask)
+    _finish(acc, b_ptr, o_ptr, m, n, m < M, n < N, o_s, pid_k, HAS_BIAS, ATOMIC)
 
 
 def _blocks(M: int) -> int:
