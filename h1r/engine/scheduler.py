@@ -56,16 +56,12 @@ class Scheduler:
         g = seq.group
         return seq.is_snapshot and g is not None and len(g.pending) <= 1 and not g.pins
 
-    def _admit_limit_reached(self, seq: Sequence) -> bool:
-        """Whether a slot for `seq` would go past max_snapshots (prompts held for several samples) or
-        max_num_seqs (generating sequences, counting the one-sample snapshots that will become them). One
-        sample's prompt is not held back by max_snapshots: a burst of single-sample requests is prefilled
-        up to the token budget per step, not max_snapshots prompts at a time."""
-        held = self.prefilling + self.snapshots
-        solo = sum(1 for s in held if self._solo(s))
-        if seq.is_snapshot and not self._solo(seq):
-            return self._active(True) - solo >= self.max_snapshots
-        return self._active(False) + solo >= self.max_num_seqs
+    def _holders(self) -> list[int]:
+        """[generating sequences, prompts held for several samples] holding slots. A one-sample snapshot
+        counts as a generating sequence (its sample takes over its slot), so a burst of single-sample
+        requests is prefilled up to the token budget per step, not max_snapshots prompts at a time."""
+        solo = sum(1 for s in self.prefilling + self.snapshots if self._solo(s))
+        return [self._active(False) + solo, self._active(True) - solo]
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.prefilling or self.running or
@@ -176,10 +172,12 @@ class Scheduler:
                 budget -= 1
         # 2. prefill chunks: sequences that hold a slot first, then new ones (FIFO)
         candidates = list(self.prefilling) + list(self.waiting)
+        holders, limits = self._holders(), (self.max_num_seqs, self.max_snapshots)
         for seq in candidates:
             if budget <= 0:
                 break
-            if seq.slot is None and (self._admit_limit_reached(seq) or self.slots.num_free == 0):
+            kind = int(seq.is_snapshot and not self._solo(seq))  # index into holders / limits
+            if seq.slot is None and (holders[kind] >= limits[kind] or self.slots.num_free == 0):
                 continue
             room = (len(seq.pages) + self.pages.num_free) * self.page_size - seq.num_computed
             chunk = min(budget, seq.num_tokens - seq.num_computed, room)
@@ -194,6 +192,7 @@ class Scheduler:
                 self.waiting.remove(seq)
                 self.prefilling.append(seq)
                 seq.status = Status.RUNNING
+                holders[kind] += 1
             step.prefills.append((seq, chunk))
             budget -= chunk
         return step
