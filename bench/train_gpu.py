@@ -100,6 +100,7 @@ def h1r_step_time(cfg, T, docs, dev, steps=3, ac=True, profile=False):
         step()  # compile / autotune / optimizer state
         torch.cuda.synchronize()
         if profile:
+            from torch.autograd import DeviceType
             from torch.profiler import ProfilerActivity, profile as prof_ctx
 
             with prof_ctx(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -108,9 +109,12 @@ def h1r_step_time(cfg, T, docs, dev, steps=3, ac=True, profile=False):
                 torch.cuda.synchronize()
             events = prof.key_averages()
             key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
-            cuda_ms = sum(getattr(e, key) for e in events) / 1e3 / steps
+            # kernels only: a CPU op's self device time repeats the kernels it launched
+            cuda_ms = sum(getattr(e, key) for e in events if e.device_type == DeviceType.CUDA) / 1e3 / steps
             print(f"profile of {steps} steady-state steps: kernels {cuda_ms:.0f} ms per step", flush=True)
             print(events.table(sort_by=key, row_limit=30, max_name_column_width=60), flush=True)
+            print("by host time (self CPU):", flush=True)
+            print(events.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60), flush=True)
         torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
         for _ in range(steps):
@@ -175,13 +179,17 @@ def hf_step_time(cfg, T, dev, steps=1):
 
 
 def time_variant(cfg, T, docs, dev, ac, module, attr: str, value, flops_per_rate: float) -> dict:
-    """The same step with module.attr = value (a fast path switched off or swapped), restored afterwards."""
-    saved = getattr(module, attr)
-    setattr(module, attr, value)
+    """The same step with module.attr = value (a fast path switched off or swapped), restored afterwards;
+    attr "A+B" sets both attributes to value."""
+    attrs = attr.split("+")
+    saved = [getattr(module, a) for a in attrs]
+    for a in attrs:
+        setattr(module, a, value)
     try:
         dt, _, loss, host = h1r_step_time(cfg, T, docs, dev, ac=ac)
     finally:
-        setattr(module, attr, saved)
+        for a, v in zip(attrs, saved):
+            setattr(module, a, v)
     return {"seconds": dt, "tok_s": T / dt, "host_queue_seconds": host, "loss": loss, "MFU": flops_per_rate / dt}
 
 
@@ -199,6 +207,9 @@ def main(argv=None):
                     help="also time these lengths with the SSD's elementwise pieces unfused (no torch.compile)")
     ap.add_argument("--ssd-scan-lengths", default="",
                     help="also time these lengths with the Triton scan between SSD chunks (H1R_SSD_SCAN=1's path)")
+    ap.add_argument("--ssd-fused-lengths", default="",
+                    help="also time these lengths with the fused chunk-output kernels and the scan "
+                         "(H1R_SSD_FUSED=1 H1R_SSD_SCAN=1's path)")
     ap.add_argument("--out", default="bench/results/train_gpu.json")
     ap.add_argument("--profile", action="store_true", help="profile steady-state steps of the first preset/length/ac")
     args = ap.parse_args(argv)
@@ -230,7 +241,8 @@ def main(argv=None):
                 variants = [("eager_glue", args.eager_glue_lengths, fh, "COMPILE_TRAINING", False),
                             ("fla_parallel_ssd", args.ssd_compare_lengths, TK, "SSD_KERNEL", "fla-parallel"),
                             ("ssd_eager", args.ssd_eager_lengths, SP, "COMPILE", False),
-                            ("ssd_scan", args.ssd_scan_lengths, SP, "SCAN", True)]
+                            ("ssd_scan", args.ssd_scan_lengths, SP, "SCAN", True),
+                            ("ssd_fused", args.ssd_fused_lengths, SP, "SCAN+FUSED", True)]
                 for key, lengths, module, attr, value in variants:
                     if "error" not in r and str(T) in lengths.split(","):
                         r[key] = time_variant(cfg, T, docs, dev, ac, module, attr, value, r["model_flops"] / rate)
@@ -249,6 +261,8 @@ def main(argv=None):
                       + (f"  fla-parallel SSD {r['fla_parallel_ssd']['tok_s']:.0f} tok/s" if "fla_parallel_ssd" in r else "")
                       + (f"  SSD eager {r['ssd_eager']['tok_s']:.0f} tok/s" if "ssd_eager" in r else "")
                       + (f"  SSD scan {r['ssd_scan']['tok_s']:.0f} tok/s" if "ssd_scan" in r else "")
+                      + (f"  SSD fused+scan {r['ssd_fused']['tok_s']:.0f} tok/s ({100 * r['ssd_fused']['MFU']:.1f}%)"
+                         if "ssd_fused" in r else "")
                       + (f"  (queued in {r['host_queue_seconds'] / r['seconds']:.0%} of the step)" if "seconds" in r else ""),
                       flush=True)
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # after every run: a cut-off run keeps its rows

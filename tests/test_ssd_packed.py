@@ -220,3 +220,64 @@ def test_scan_state_passing_matches_the_dense_product(lens, Q, G, monkeypatch):
     assert rel(runs[True][0].double().cpu(), y_ref) < 1e-5
     for name, a, b in zip("y x dt A B C".split(), runs[True], runs[False]):
         assert rel(a, b) < 1e-5, name
+
+
+FUSED_CASES = [  # (document lengths, chunk, P, N): the kernel's tile takes chunks of 16..128
+    ([37], 16, 3, 5),
+    ([16, 16, 16], 16, 4, 8),  # documents exactly on chunk boundaries
+    ([3, 1, 12, 1, 7, 9, 20], 16, 20, 80),  # mid-chunk starts, one-token documents, odd total; P and N masked,
+    ([70, 25], 32, 16, 16),  # N in two blocks; documents spanning several chunks
+    ([1], 16, 3, 5),
+]
+
+
+@pytest.mark.parametrize("lens,Q,P,N", FUSED_CASES)
+@pytest.mark.parametrize("G", [1, 2])
+@pytest.mark.parametrize("scan", [False, True])
+def test_fused_chunk_output_matches_the_pytorch_path(lens, Q, P, N, G, scan, monkeypatch):
+    """H1R_SSD_FUSED=1 (kernels/ssd_chunk.py: one Triton program per chunk and head): the same values and
+    gradients as the PyTorch path and the recurrence, with either state passing. Runs on CUDA or under
+    TRITON_INTERPRET=1."""
+    pytest.importorskip("triton")
+    from h1r.model import kernels
+    from h1r.model import ssd_packed as SP
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if not kernels.available(dev):
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    H = 4
+    base = make(lens, H, P, N, G, torch.float64, seed=len(lens) * 10 + Q + G + P)
+    cu = base[5]
+    doc = doc_ids_from_cu(cu, sum(lens)).to(dev)
+    monkeypatch.setattr(SP, "SCAN", scan)
+    runs = {}
+    for fused in (False, True):
+        monkeypatch.setattr(SP, "FUSED", fused)
+        inputs = [t.float().to(dev).requires_grad_() for t in base[:5]]
+        k = SP._Chunks(inputs[0], inputs[1], inputs[3], inputs[4], SP.layout_for(doc, Q))
+        assert SP._use_fused(k) == fused
+        y = ssd_packed(*inputs, doc, Q)
+        dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(dev)
+        runs[fused] = [y] + list(torch.autograd.grad(y, inputs, dy))
+    assert rel(runs[True][0].double().cpu(), reference(*base[:5], cu)) < 1e-5
+    for name, a, b in zip("y x dt A B C".split(), runs[True], runs[False]):
+        assert rel(a, b) < 1e-5, name
+
+
+def test_fused_kernel_takes_tiles_of_16_to_128():
+    """Chunks that are not a power of two in 16..128, and fp64, keep the PyTorch path."""
+    pytest.importorskip("triton")
+    from h1r.model.kernels import ssd_chunk
+
+    assert not ssd_chunk.supported(8, 64, torch.float32) and not ssd_chunk.supported(256, 64, torch.bfloat16)
+    assert not ssd_chunk.supported(64, 64, torch.float64) and ssd_chunk.supported(128, 64, torch.bfloat16)
+
+
+def test_fp64_stays_exact_with_the_kernels_switched_on(monkeypatch):
+    """fp64 (and the CPU without the interpreter) falls back to the PyTorch path whatever the switches say."""
+    from h1r.model import ssd_packed as SP
+
+    monkeypatch.setattr(SP, "FUSED", True)
+    monkeypatch.setattr(SP, "SCAN", True)
+    x, dt, A, B, C, cu = make([20], 2, 3, 4, 1, torch.float64, seed=3)
+    assert rel(ssd_packed(x, dt, A, B, C, doc_ids_from_cu(cu, 20), 16), reference(x, dt, A, B, C, cu)) < 1e-10

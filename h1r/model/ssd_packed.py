@@ -7,7 +7,9 @@ Triton < 3.7.1 (fla #640), which leaves the quadratic within-document kernel (wh
 batched GEMMs: linear in the sequence, C.B once per group and chunk, the state GEMMs batched over (chunk,
 group) with all the group's heads side by side. It is plain PyTorch: the same code runs on CPU (tested
 against an fp64 recurrence) and GPU, where the elementwise chains between the GEMMs are fused by
-torch.compile (H1R_COMPILE=0 keeps them eager).
+torch.compile (H1R_COMPILE=0 keeps them eager). Where the Triton kernels run, the state passing between
+chunks (kernels/state_passing.py) and each chunk's output, forward and backward (kernels/ssd_chunk.py), leave
+PyTorch; this path stays their reference.
 
 Symbols as in h1r.model.ssd; one packed row of n tokens, Q = chunk length, nc = chunks, Hg = H/G heads per
 group, cs = within-chunk inclusive cumsum of the log-decay a = dt*A:
@@ -34,17 +36,35 @@ from h1r.utils.env import flag
 # fuse the elementwise chains with torch.compile on CUDA (COMPILE_ON_CPU: tests compare the two)
 COMPILE = flag("H1R_COMPILE", True)
 COMPILE_ON_CPU = False
-# H1R_SSD_SCAN=1: pass states between chunks with the Triton scan (kernels/state_passing.py) where the
-# kernels run, instead of the dense [nc, nc] product; opt-in until it is timed on a GPU
-SCAN = flag("H1R_SSD_SCAN", False)
+# Where the Triton kernels run (CUDA, or TRITON_INTERPRET=1), two pieces leave PyTorch; 0 keeps the PyTorch
+# path for debugging. H1R_SSD_SCAN: states pass between chunks by a scan (kernels/state_passing.py), not the
+# dense [nc, nc] product. H1R_SSD_FUSED: each chunk's output, forward and backward, in one program per
+# (chunk, head) (kernels/ssd_chunk.py), not [chunks, H, Q, Q] tensors and head-major copies. H200, 1.5B-deep
+# SSD at 16k tokens, forward+backward: 7.2 ms -> 4.4 ms with both (bench/results/ssd_train_gpu_2026-12-04.json).
+SCAN = flag("H1R_SSD_SCAN", True)
+FUSED = flag("H1R_SSD_FUSED", True)
+
+
+def _kernels_run(t: torch.Tensor) -> bool:
+    """The Triton kernels run for t: on CUDA, or in the interpreter for fp32 (its bf16 arithmetic is wrong)."""
+    from h1r.model import kernels
+
+    if not kernels.available(t.device):
+        return False
+    return t.is_cuda or t.dtype == torch.float32
 
 
 def _use_scan(t: torch.Tensor) -> bool:
-    if not SCAN:
-        return False
-    from h1r.model import kernels
+    # the scan carries fp32, so fp64 (the tests' exact path) keeps the dense product
+    return SCAN and t.dtype != torch.float64 and _kernels_run(t)
 
-    return kernels.available(t.device)
+
+def _use_fused(k: "_Chunks") -> bool:
+    if not FUSED or not _kernels_run(k.xdt):
+        return False
+    from h1r.model.kernels.ssd_chunk import supported
+
+    return supported(k.Q, k.P, k.cd)
 
 
 def _fused(fn):
@@ -158,6 +178,7 @@ class PackedLayout:
         self.n, self.Q, self.pad = n, Q, (-n) % Q
         if self.pad:  # trailing padding: a document of its own
             doc = torch.cat([doc, doc[-1:].expand(self.pad) + 1])
+        self.doc = doc.contiguous()  # [nc*Q]
         self.nc = (n + self.pad) // Q
         docc = doc.view(self.nc, Q)
         self.doc_end = docc[:, -1]  # [nc]
@@ -195,6 +216,7 @@ class _Chunks:
         self.n, self.pad, self.nc, self.Q, self.H, self.G, self.Hg, self.P, self.N = n, pad, nc, Q, H, G, Hg, P, N
         self.cd = xdt.dtype  # matmul operand dtype
         self.fd = torch.promote_types(xdt.dtype, torch.float32)  # decays, masks, outputs
+        self.xdt_tok, self.C_tok = xdt, C  # token-major [nc*Q, H, P], [nc*Q, G, N]
         self.xdt = xdt.view(nc, Q, H, P)
         self.Bc = B.view(nc, Q, G, N).transpose(1, 2)  # [nc,G,Q,N]
         self.Cc = C.view(nc, Q, G, N).transpose(1, 2)
@@ -246,8 +268,10 @@ class PackedSSD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xdt, a, B, C, layout: PackedLayout):
         k = _Chunks(xdt, a, B, C, layout)
-        M = _intra_matrix(k.cs, k.CB(), k.lay.same, k.cd)  # [nc,H,Q,Q]
-        y_diag = k.by_head(M @ k.by_head(k.xdt))  # [nc,Q,H,P]
+        fused = _use_fused(k)
+        if not fused:
+            M = _intra_matrix(k.cs, k.CB(), k.lay.same, k.cd)  # [nc,H,Q,Q]
+            y_diag = k.by_head(M @ k.by_head(k.xdt))  # [nc,Q,H,P]
         S = k.chunk_states(k.state_inputs())
         if _use_scan(xdt):
             from h1r.model.kernels.state_passing import chunk_decay_factors, state_pass
@@ -255,7 +279,12 @@ class PackedSSD(torch.autograd.Function):
             S_in = state_pass(S.contiguous(), chunk_decay_factors(k.cs[:, -1], k.lay.doc_end))
         else:
             S_in = k.states_in(S, k.gam())
-        y = _combine(y_diag, k.ungrouped(k.Cc @ S_in), k.cs, k.lay.from_start)
+        if fused:
+            from h1r.model.kernels.ssd_chunk import chunk_output
+
+            y = chunk_output(k.xdt_tok, k.C_tok, S_in, k.CB(), k.cs, k.lay.doc)
+        else:
+            y = _combine(y_diag, k.ungrouped(k.Cc @ S_in), k.cs, k.lay.from_start)
         ctx.save_for_backward(xdt, a, B, C, S_in)
         ctx.layout = layout
         return y.reshape(-1, k.H, k.P)[:k.n]
@@ -266,10 +295,19 @@ class PackedSSD(torch.autograd.Function):
         k = _Chunks(xdt, a, B, C, ctx.layout)
         cd, nc, Q, H = k.cd, k.nc, k.Q, k.H
         dy = F.pad(dy.to(k.fd), (0, 0, 0, 0, 0, k.pad)).reshape(nc, Q, H, k.P)
+        fused = _use_fused(k)
+        CB = k.CB()
 
-        # off-diagonal: y_off = e * (C . S_in)
-        dcs, dYo = _off_grads(dy, k.ungrouped(k.Cc @ S_in), k.cs, k.lay.from_start, cd)
-        dYo = k.grouped(dYo)  # [nc,G,Q,Hg*P]
+        # off-diagonal: y_off = e * (C . S_in); with `fused`, the within-chunk gradients too
+        if fused:
+            from h1r.model.kernels.ssd_chunk import chunk_output_backward
+
+            dxdt_in, dcs, dCB, dYo = chunk_output_backward(dy.view(-1, H, k.P), k.xdt_tok, k.C_tok, S_in, CB, k.cs,
+                                                           k.lay.doc)
+            dYo = k.grouped(dYo.view(nc, Q, H, k.P))
+        else:
+            dcs, dYo = _off_grads(dy, k.ungrouped(k.Cc @ S_in), k.cs, k.lay.from_start, cd)
+            dYo = k.grouped(dYo)  # [nc,G,Q,Hg*P]
         dC = (dYo @ S_in.transpose(-1, -2)).to(k.fd)  # [nc,G,Q,N]
         dS_in = k.Cc.transpose(-1, -2) @ dYo  # [nc,G,N,Hg*P]
 
@@ -294,12 +332,14 @@ class PackedSSD(torch.autograd.Function):
         dcs += dcs_w
 
         # intra-chunk: y_diag = M @ xdt, M = CB * L
-        CB = k.CB()
-        dyh = k.by_head(dy).to(cd)  # [nc,H,Q,P]
-        M = _intra_matrix(k.cs, CB, k.lay.same, cd)
-        dxdt += k.by_head(M.transpose(-1, -2) @ dyh)
-        dCB, dcs_L = _intra_grads(dyh @ k.by_head(k.xdt).transpose(-1, -2), k.cs, CB, k.lay.same)
-        dcs += dcs_L
+        if fused:
+            dxdt += dxdt_in.view(nc, Q, H, k.P)
+        else:
+            dyh = k.by_head(dy).to(cd)  # [nc,H,Q,P]
+            M = _intra_matrix(k.cs, CB, k.lay.same, cd)
+            dxdt += k.by_head(M.transpose(-1, -2) @ dyh)
+            dCB, dcs_L = _intra_grads(dyh @ k.by_head(k.xdt).transpose(-1, -2), k.cs, CB, k.lay.same)
+            dcs += dcs_L
         dC += dCB @ k.Bc.to(k.fd)
         dB += dCB.transpose(-1, -2) @ k.Cc.to(k.fd)
 

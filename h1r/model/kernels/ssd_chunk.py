@@ -1,0 +1,148 @@
+"""The SSD's per-chunk output, forward and backward, as one Triton program per (chunk, head) (training,
+h1r.model.ssd_packed with H1R_SSD_FUSED=1).
+
+ssd_packed's PyTorch path builds the within-chunk matrix M = C.B * L per head as a [chunks, H, Q, Q] tensor
+in HBM, multiplies it by x, adds the state entering the chunk through separate batched GEMMs, and joins the
+pieces in head-major copies; its backward rebuilds M and writes dM, dML and dcs the same way. On an H200
+(1.5B-deep shape, 16k tokens) those elementwise passes ran at 0.5-1 TB/s and were about half the SSD's
+kernel time (bench/results/ssd_train_gpu_2026-12-04.log). Here one program holds a chunk's [Q, Q] tile
+on chip, for one head:
+
+    forward   y[l]  = sum_{s<=l, same doc} CB[l,s] exp(cs_l - cs_s) xdt[s] + e[l] * (C[l] . S_in)
+              e[l]  = exp(cs_l) if token l continues the document that crossed into the chunk, else 0
+    backward  dxdt  = M^T dy          (within-chunk part; the chunk-state part is added by the caller)
+              dCB  += dy xdt^T * L    (summed over the group's heads by atomic adds)
+              dcs   = rowsum(E) - colsum(E) + e * <dy, C . S_in>,   E = dCB_h * CB
+              dYo   = dy * e          (the caller's grouped GEMMs give dC and dS_in from it)
+
+CB [nc, G, Q, Q] (fp32) comes from one batched GEMM per group, so the group's heads share it. Matmul
+operands are in x's dtype, accumulation and everything else in fp32. Reference: the PyTorch path of
+ssd_packed; tests/test_ssd_packed.py compares values and gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _decays(cs_ptr, doc_ptr, c, h, H, Q: tl.constexpr):
+    """L [Q, Q]: exp(cs_l - cs_s) for s <= l in one document, else 0; e [Q] (see the module docstring)."""
+    l = tl.arange(0, Q)
+    cs = tl.load(cs_ptr + (c * Q + l) * H + h)
+    doc = tl.load(doc_ptr + c * Q + l)
+    prev = tl.load(doc_ptr + c * Q - 1, mask=c > 0, other=-1)  # the document at the end of chunk c-1
+    same = (doc[:, None] == doc[None, :]) & (l[:, None] >= l[None, :])
+    L = tl.where(same, tl.exp(cs[:, None] - cs[None, :]), 0.0)
+    e = tl.where(doc == prev, tl.exp(cs), 0.0)
+    return L, e
+
+
+@triton.jit
+def _state_out(C_ptr, S_ptr, tok, c, g, hh, G, P, s_sc, s_sg, s_sn,
+               N: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """C[l] . S_in[c, head] -> [Q, BP] fp32: what the state entering the chunk contributes, before e."""
+    p = tl.arange(0, BP)
+    nn = tl.arange(0, BN)
+    acc = tl.zeros([Q, BP], dtype=tl.float32)
+    for n0 in range(0, N, BN):
+        nm = (n0 + nn) < N
+        Cb = tl.load(C_ptr + (tok[:, None] * G + g) * N + n0 + nn[None, :], mask=nm[None, :], other=0.0)
+        Sb = tl.load(S_ptr + c * s_sc + g * s_sg + (n0 + nn[:, None]) * s_sn + hh * P + p[None, :],
+                     mask=nm[:, None] & (p[None, :] < P), other=0.0)
+        acc = tl.dot(Cb, Sb.to(Cb.dtype), acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _out_fwd_kernel(x_ptr, C_ptr, S_ptr, cb_ptr, cs_ptr, doc_ptr, y_ptr, H, G, HG, P, s_sc, s_sg, s_sn,
+                    N: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    c = tl.program_id(0)
+    h = tl.program_id(1)
+    g = h // HG
+    l = tl.arange(0, Q)
+    p = tl.arange(0, BP)
+    tok = c * Q + l  # [Q] rows of the token-major tensors
+    io = (tok[:, None] * H + h) * P + p[None, :]  # [Q, BP] offsets into [T, H, P]
+    pm = (p < P)[None, :]
+    L, e = _decays(cs_ptr, doc_ptr, c, h, H, Q)
+    CB = tl.load(cb_ptr + ((c * G + g) * Q + l[:, None]) * Q + l[None, :])  # [Q, Q] fp32
+    x = tl.load(x_ptr + io, mask=pm, other=0.0)  # [Q, BP]
+    y = tl.dot((CB * L).to(x.dtype), x, input_precision=PREC)
+    y += _state_out(C_ptr, S_ptr, tok, c, g, h % HG, G, P, s_sc, s_sg, s_sn, N, Q, BP, BN, PREC) * e[:, None]
+    tl.store(y_ptr + io, y, mask=pm)
+
+
+@triton.jit
+def _out_bwd_kernel(x_ptr, C_ptr, S_ptr, cb_ptr, cs_ptr, doc_ptr, dy_ptr, dx_ptr, dcs_ptr, dcb_ptr, dyo_ptr,
+                    H, G, HG, P, s_sc, s_sg, s_sn,
+                    N: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    c = tl.program_id(0)
+    h = tl.program_id(1)
+    g = h // HG
+    l = tl.arange(0, Q)
+    p = tl.arange(0, BP)
+    tok = c * Q + l
+    io = (tok[:, None] * H + h) * P + p[None, :]
+    pm = (p < P)[None, :]
+    L, e = _decays(cs_ptr, doc_ptr, c, h, H, Q)
+    cb_off = ((c * G + g) * Q + l[:, None]) * Q + l[None, :]
+    CB = tl.load(cb_ptr + cb_off)
+    x = tl.load(x_ptr + io, mask=pm, other=0.0)
+    dy = tl.load(dy_ptr + io, mask=pm, other=0.0)  # [Q, BP] fp32
+    dyc = dy.to(x.dtype)
+    # within the chunk: y = M x with M = CB * L
+    dx = tl.dot(tl.trans((CB * L).to(x.dtype)), dyc, input_precision=PREC)  # [Q, BP]
+    dML = tl.dot(dyc, tl.trans(x), input_precision=PREC) * L  # [Q, Q]: d loss / d CB from this head
+    E = dML * CB  # d loss / d (cs_l - cs_s)
+    dcs = tl.sum(E, axis=1) - tl.sum(E, axis=0)
+    tl.atomic_add(dcb_ptr + cb_off, dML, sem="relaxed")
+    # the state entering the chunk: y += e * (C . S_in)
+    y_in = _state_out(C_ptr, S_ptr, tok, c, g, h % HG, G, P, s_sc, s_sg, s_sn, N, Q, BP, BN, PREC)
+    dcs += e * tl.sum(dy * y_in, axis=1)
+    tl.store(dyo_ptr + io, (dy * e[:, None]).to(dyo_ptr.dtype.element_ty), mask=pm)
+    tl.store(dx_ptr + io, dx, mask=pm)
+    tl.store(dcs_ptr + tok * H + h, dcs)
+
+
+def supported(Q: int, P: int, dtype: torch.dtype) -> bool:
+    """Chunk lengths the [Q, Q] tile takes (a power of two, 16..128) and the dtypes tl.dot takes."""
+    return Q in (16, 32, 64, 128) and P <= 256 and dtype in (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _launch_args(xdt, C, S_in, CB, cs, doc):
+    T, H, P = xdt.shape
+    nc, G, Q, _ = CB.shape
+    N = C.shape[-1]
+    assert T == nc * Q and doc.shape == (T,) and cs.shape == (nc, Q, H), (xdt.shape, CB.shape, cs.shape)
+    assert S_in.shape == (nc, G, N, (H // G) * P) and S_in.stride(-1) == 1, (S_in.shape, S_in.stride())
+    for t in (xdt, C, CB, cs, doc):
+        assert t.is_contiguous()
+    meta = dict(N=N, Q=Q, BP=max(16, triton.next_power_of_2(P)), BN=min(64, max(16, triton.next_power_of_2(N))),
+                PREC="ieee" if xdt.dtype == torch.float32 else "tf32", num_warps=8 if Q >= 128 else 4)
+    return (nc, H), (H, G, H // G, P, S_in.stride(0), S_in.stride(1), S_in.stride(2)), meta
+
+
+def chunk_output(xdt, C, S_in, CB, cs, doc) -> torch.Tensor:
+    """xdt [T, H, P], C [T, G, N] (T = chunks * Q, padded), S_in [nc, G, N, Hg*P] (the state entering each
+    chunk), CB [nc, G, Q, Q] fp32, cs [nc, Q, H] fp32 (within-chunk cumulative log-decay), doc [T] (document
+    index, padding a document of its own) -> y [T, H, P] fp32."""
+    grid, dims, meta = _launch_args(xdt, C, S_in, CB, cs, doc)
+    y = torch.empty(xdt.shape, device=xdt.device, dtype=torch.float32)
+    _out_fwd_kernel[grid](xdt, C, S_in, CB, cs, doc, y, *dims, **meta)
+    return y
+
+
+def chunk_output_backward(dy, xdt, C, S_in, CB, cs, doc):
+    """dy [T, H, P] fp32 -> dxdt (within-chunk part) [T, H, P] fp32, dcs [nc, Q, H] fp32, dCB [nc, G, Q, Q]
+    fp32 (summed over each group's heads), dYo = dy * e [T, H, P] in xdt's dtype."""
+    grid, dims, meta = _launch_args(xdt, C, S_in, CB, cs, doc)
+    dy = dy.float().contiguous()
+    dx = torch.empty_like(dy)
+    dcs = torch.empty_like(cs)
+    dcb = torch.zeros_like(CB)
+    dyo = torch.empty_like(xdt)
+    _out_bwd_kernel[grid](xdt, C, S_in, CB, cs, doc, dy, dx, dcs, dcb, dyo, *dims, **meta)
+    return dx, dcs, dcb, dyo
