@@ -153,3 +153,37 @@ def test_pdl_launch_options(monkeypatch):
             K.pdl(t)
     finally:
         K._pdl_mode.cache_clear()
+
+
+def test_mixed_steps_pad_their_decode_rows_to_the_graph_bucket(model_dir, monkeypatch):
+    """A step that prefills beside decode rows runs them padded to their graph bucket (scratch slot and page,
+    the graphs' table width) so no new Triton variant compiles mid-run; the tokens and logprobs must not change.
+    Buckets are faked on the CPU (pure-decode steps, which would replay a graph, run eagerly here)."""
+    from h1r.engine import runner as R
+
+    sp = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=2)
+    plain = LLM(str(model_dir), fast=True, **KW).generate(_prompts(3), sp)
+    buckets = {n: next(b for b in (1, 2, 4, 8, 16) if b >= n) for n in range(1, 17)}
+    monkeypatch.setattr(R.FastRunner, "_bucket_of", property(lambda self: buckets))
+    padded_steps = []
+    real_pad = R.FastRunner._pad_decode
+
+    def pad(self, batch, rows):
+        out = real_pad(self, batch, rows)
+        padded_steps.append((batch.num_decode, out[0].num_decode, out[0].decode_pages.shape[1]))
+        return out
+
+    monkeypatch.setattr(R.FastRunner, "_pad_decode", pad)
+    monkeypatch.setattr(R.FastRunner, "_replay", lambda self, batch: self.fast.logits(self.fast.hidden(
+        batch.input_ids, batch.positions, batch.kv_index, self.cache, batch.decode_slots, batch.decode_pages,
+        batch.decode_context, None, 1)))
+    fast = LLM(str(model_dir), fast=True, **KW)
+    padded = fast.generate(_prompts(3), sp)
+    assert any(s < b for s, b, _ in padded_steps)  # some mixed step really was padded
+    assert all(w == fast.engine.runner.max_pages for *_, w in padded_steps)
+    for x, y in zip(plain, padded):
+        assert x.outputs[0].token_ids == y.outputs[0].token_ids
+        torch.testing.assert_close(torch.from_numpy(y.outputs[0].logprobs.chosen),
+                                   torch.from_numpy(x.outputs[0].logprobs.chosen), atol=2e-5, rtol=0)
+    u = fast.engine.cache_usage()
+    assert u["pages_free"] == u["pages_total"] and u["slots_free"] == u["slots_total"]

@@ -8,6 +8,8 @@ scratch slot and a scratch page so they never touch a live sequence.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from h1r.engine.context import EngineContext, StepBatch
@@ -75,11 +77,35 @@ class FastRunner:
         S = batch.num_decode
         if not batch.prefills and S in self._bucket_of:
             return self._replay(batch)
+        if S and S in self._bucket_of:
+            batch, rows = self._pad_decode(batch, rows)
+            S = batch.num_decode
         h = self.fast.hidden(batch.input_ids, batch.positions, batch.kv_index, self.cache, batch.decode_slots,
                              batch.decode_pages, batch.decode_context, self._plan(batch),
                              self._splits(self._bucket_of.get(S, max(S, 1))))  # a captured bucket's split count:
         # SPLITS is a Triton constexpr, so an eager step with an odd decode count would otherwise compile anew
         return self.fast.logits(h[rows])
+
+    def _pad_decode(self, batch: StepBatch, rows: torch.Tensor) -> tuple[StepBatch, torch.Tensor]:
+        """A mixed step's decode rows padded to their graph bucket (scratch slot and page, context 1) and its page
+        table widened to the graphs' width. The decode kernels then see the row count, table stride and split
+        count the capture compiled: Triton specialises integer arguments (== 1, multiple of 16), so 31, 47 or
+        63 decode rows beside a prefill chunk otherwise compiled a new variant mid-run, 1-2 s each on an H200
+        (a burst of 64 x 1k prompts, bench/results/decode_gpu_2026-12-04b_unpadded.json). Costs bucket - S extra rows."""
+        S = batch.num_decode
+        pad = self._bucket_of[S] - S
+        dev = batch.input_ids.device
+        table = torch.full((S + pad, self.max_pages), self.scratch_page, dtype=torch.long, device=dev)
+        table[:S, :batch.decode_pages.shape[1]] = batch.decode_pages
+
+        def widen(t, fill):  # the decode part is the first S entries of the flat token row
+            return torch.cat([t[:S], t.new_full((pad,), fill), t[S:]])
+
+        padded = StepBatch(widen(batch.input_ids, 0), widen(batch.positions, 0),
+                           widen(batch.kv_index, self.scratch_page * self.page_size),
+                           widen(batch.decode_slots, self.scratch_slot), table, widen(batch.decode_context, 1),
+                           [dataclasses.replace(seg, start=seg.start + pad) for seg in batch.prefills])
+        return padded, torch.where(rows >= S, rows + pad, rows)
 
     def _warmup_prefill(self):
         """Compile and autotune the prefill kernels now (a fresh chunk, then one continuing from cached
