@@ -173,8 +173,9 @@ def profile(dev, T: int, Q: int, shapes, scan: bool, fused: bool) -> None:
                 torch.cuda.synchronize()
             ev = prof.key_averages()
             key = "self_device_time_total" if hasattr(ev[0], "self_device_time_total") else "self_cuda_time_total"
-            total = sum(getattr(e, key) for e in ev) / 1e3 / 5
-            print(f"profile {name} Q={Q} scan={use_scan} fused={use_fused}: kernels {total:.2f} ms per fwd+bwd", flush=True)
+            total = sum(getattr(e, key) for e in ev) / 1e3 / 5  # CUDA activity only: kernels, each once
+            print(f"profile {name} Q={Q} scan={use_scan} fused={use_fused}: kernels {total:.2f} ms per fwd+bwd",
+                  flush=True)
             print(ev.table(sort_by=key, row_limit=25, max_name_column_width=70), flush=True)
         SP.SCAN = SP.FUSED = False
 

@@ -91,7 +91,8 @@ class FastRunner:
         table widened to the graphs' width. The decode kernels then see the row count, table stride and split
         count the capture compiled: Triton specialises integer arguments (== 1, multiple of 16), so 31, 47 or
         63 decode rows beside a prefill chunk otherwise compiled a new variant mid-run, 1-2 s each on an H200
-        (a burst of 64 x 1k prompts, bench/results/decode_gpu_2026-12-04b_unpadded.json). Costs bucket - S extra rows."""
+        (a burst of 64 x 1k prompts, bench/results/decode_gpu_2026-12-04b_unpadded.json). Costs bucket - S
+        extra rows."""
         S = batch.num_decode
         pad = self._bucket_of[S] - S
         dev = batch.input_ids.device

@@ -302,8 +302,8 @@ class PackedSSD(torch.autograd.Function):
         if fused:
             from h1r.model.kernels.ssd_chunk import chunk_output_backward
 
-            dxdt_in, dcs, dCB, dYo = chunk_output_backward(dy.view(-1, H, k.P), k.xdt_tok, k.C_tok, S_in, CB, k.cs,
-                                                           k.lay.doc)
+            dxdt_in, dcs, dCB, dYo = chunk_output_backward(dy.view(-1, H, k.P), k.xdt_tok, k.C_tok, S_in, CB,
+                                                           k.cs, k.lay.doc)
             dYo = k.grouped(dYo.view(nc, Q, H, k.P))
         else:
             dcs, dYo = _off_grads(dy, k.ungrouped(k.Cc @ S_in), k.cs, k.lay.from_start, cd)
