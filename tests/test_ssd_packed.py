@@ -281,3 +281,26 @@ def test_fp64_stays_exact_with_the_kernels_switched_on(monkeypatch):
     monkeypatch.setattr(SP, "SCAN", True)
     x, dt, A, B, C, cu = make([20], 2, 3, 4, 1, torch.float64, seed=3)
     assert rel(ssd_packed(x, dt, A, B, C, doc_ids_from_cu(cu, 20), 16), reference(x, dt, A, B, C, cu)) < 1e-10
+
+
+def test_scan_refuses_states_past_int32_indexing():
+    """The scan indexes in int32: a batch whose states pass 2^31 elements is a named error, not garbage."""
+    pytest.importorskip("triton")
+    from h1r.model.kernels.state_passing import state_pass
+
+    nc, state = 2 ** 11 + 1, 2 ** 20  # 2^31 + 2^20 state elements, on the meta device (no memory)
+    S = torch.empty(nc, 1, 1, state, device="meta")
+    with pytest.raises(ValueError, match="pass 2\\^31 elements"):
+        state_pass(S, torch.zeros(nc, 4, device="meta"))
+
+
+def test_chunk_kernels_refuse_tensors_past_int32_indexing():
+    pytest.importorskip("triton")
+    from h1r.model.kernels.ssd_chunk import chunk_output
+
+    nc, Q, H, P, N = 2 ** 11, 128, 64, 128, 8  # 2^31 elements of xdt, on the meta device (no memory)
+    T = nc * Q
+    m = dict(device="meta")
+    with pytest.raises(ValueError, match="pass 2\\^31 elements"):
+        chunk_output(torch.empty(T, H, P, **m), torch.empty(T, 1, N, **m), torch.empty(nc, 1, N, H * P, **m),
+                     torch.empty(nc, 1, Q, Q, **m), torch.empty(nc, Q, H, **m), torch.empty(T, dtype=torch.long, **m))

@@ -120,6 +120,9 @@ def _launch_args(xdt, C, S_in, CB, cs, doc):
     assert S_in.shape == (nc, G, N, (H // G) * P) and S_in.stride(-1) == 1, (S_in.shape, S_in.stride())
     for t in (xdt, C, CB, cs, doc):
         assert t.is_contiguous()
+    if max(xdt.numel(), C.numel(), CB.numel(), S_in.stride(0) * nc) >= 2 ** 31:  # the kernels index in int32
+        raise ValueError(f"ssd chunk kernels: {T} tokens x {H} heads x {P} pass 2^31 elements; split the packed "
+                         "batch (fewer tokens per call)")
     meta = dict(N=N, Q=Q, BP=max(16, triton.next_power_of_2(P)), BN=min(64, max(16, triton.next_power_of_2(N))),
                 PREC="ieee" if xdt.dtype == torch.float32 else "tf32", num_warps=8 if Q >= 128 else 4)
     return (nc, H), (H, G, H // G, P, S_in.stride(0), S_in.stride(1), S_in.stride(2)), meta

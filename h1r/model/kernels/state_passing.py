@@ -90,6 +90,9 @@ def chunk_decay_factors(tot: torch.Tensor, doc_end: torch.Tensor) -> torch.Tenso
 def _check(S: torch.Tensor, H: int):
     nc, G, N, HP = S.shape
     assert S.stride(-1) == 1 and HP % (H // G) == 0, (S.shape, S.stride(), H)
+    if S.stride(0) * nc >= 2 ** 31:  # the kernels index in int32
+        raise ValueError(f"state_pass: {nc} chunks of {S.stride(0)} state elements pass 2^31 elements; "
+                         "split the packed batch (fewer tokens per call) or use a longer chunk")
     return nc, G, N, HP // (H // G)
 
 
