@@ -26,6 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import h1r.model.ssd_packed as SP  # noqa: E402
+from h1r.model.kernels import ssd_chunk  # noqa: E402
 from train_gpu import documents  # noqa: E402  (bench/ is the script's directory)
 from h1r.model.ssd_packed import doc_ids_from_cu, ssd_packed  # noqa: E402
 
@@ -128,18 +129,21 @@ def timings(dev, T: int, chunks, shapes, scan: bool, fused: bool) -> list[dict]:
         if fused:
             variants.update({f"chunked Q={q} fused scan": (lambda q: lambda: ssd_packed(*ins, doc, q))(q)
                              for q in chunks})
+            # dCB summed per head then by torch, not by atomic adds (H1R_SSD_DCB_ATOMIC=0)
+            variants[f"chunked Q={chunks[0]} fused dcb-heads scan"] = lambda: ssd_packed(*ins, doc, chunks[0])
         variants["fla"] = lambda: fla_parallel(*ins, cu)  # fwd under no_grad: fla's chunked forward
         for vname, fn in variants.items():
             SP.COMPILE = vname != "chunked eager"
             SP.SCAN = vname.endswith(" scan")
             SP.FUSED = " fused" in vname
+            ssd_chunk.DCB_ATOMIC = "dcb-heads" not in vname
             with torch.no_grad():
                 fwd = time_ms(fn)
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             fb = time_ms(lambda: fn().backward(dy))
             peak = (torch.cuda.max_memory_allocated() - base) / 1e9
-            SP.COMPILE, SP.SCAN, SP.FUSED = True, False, False
+            SP.COMPILE, SP.SCAN, SP.FUSED, ssd_chunk.DCB_ATOMIC = True, False, False, True
             q = int(vname.split("=")[1].split()[0]) if "=" in vname else (chunks[0] if "chunked" in vname else None)
             r = {"shape": name, "variant": vname, "tokens": T, "fwd_ms": fwd, "fwd_bwd_ms": fb, "peak_extra_GB": peak}
             if q:

@@ -233,14 +233,17 @@ FUSED_CASES = [  # (document lengths, chunk, P, N): the kernel's tile takes chun
 
 @pytest.mark.parametrize("lens,Q,P,N", FUSED_CASES)
 @pytest.mark.parametrize("G", [1, 2])
-@pytest.mark.parametrize("scan", [False, True])
-def test_fused_chunk_output_matches_the_pytorch_path(lens, Q, P, N, G, scan, monkeypatch):
+@pytest.mark.parametrize("scan,atomic", [(False, True), (True, True), (True, False)])
+def test_fused_chunk_output_matches_the_pytorch_path(lens, Q, P, N, G, scan, atomic, monkeypatch):
     """H1R_SSD_FUSED=1 (kernels/ssd_chunk.py: one Triton program per chunk and head): the same values and
-    gradients as the PyTorch path and the recurrence, with either state passing. Runs on CUDA or under
-    TRITON_INTERPRET=1."""
+    gradients as the PyTorch path and the recurrence, with either state passing and either way of summing
+    dCB over a group's heads. Runs on CUDA or under TRITON_INTERPRET=1."""
     pytest.importorskip("triton")
     from h1r.model import kernels
     from h1r.model import ssd_packed as SP
+    from h1r.model.kernels import ssd_chunk
+
+    monkeypatch.setattr(ssd_chunk, "DCB_ATOMIC", atomic)
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     if not kernels.available(dev):

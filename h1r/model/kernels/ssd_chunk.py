@@ -11,7 +11,8 @@ on chip, for one head:
     forward   y[l]  = sum_{s<=l, same doc} CB[l,s] exp(cs_l - cs_s) xdt[s] + e[l] * (C[l] . S_in)
               e[l]  = exp(cs_l) if token l continues the document that crossed into the chunk, else 0
     backward  dxdt  = M^T dy          (within-chunk part; the chunk-state part is added by the caller)
-              dCB  += dy xdt^T * L    (summed over the group's heads by atomic adds)
+              dCB  += dy xdt^T * L    (summed over the group's heads by atomic adds, or per head and then
+                                       summed: H1R_SSD_DCB_ATOMIC=0)
               dcs   = rowsum(E) - colsum(E) + e * <dy, C . S_in>,   E = dCB_h * CB
               dYo   = dy * e          (the caller's grouped GEMMs give dC and dS_in from it)
 
@@ -25,6 +26,13 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from h1r.utils.env import flag
+
+# H1R_SSD_DCB_ATOMIC=0: the backward writes each head's dCB to its own [nc, H, Q, Q] fp32 buffer and sums the
+# group's heads with torch, instead of ~50M fp32 atomic adds per 1.5B-deep layer at 16k tokens (24 heads onto
+# one [Q, Q] tile per chunk); untimed, for the next device session to compare (bench/ssd_train_gpu.py --fused)
+DCB_ATOMIC = flag("H1R_SSD_DCB_ATOMIC", True)
 
 
 @triton.jit
@@ -78,7 +86,8 @@ def _out_fwd_kernel(x_ptr, C_ptr, S_ptr, cb_ptr, cs_ptr, doc_ptr, y_ptr, H, G, H
 @triton.jit
 def _out_bwd_kernel(x_ptr, C_ptr, S_ptr, cb_ptr, cs_ptr, doc_ptr, dy_ptr, dx_ptr, dcs_ptr, dcb_ptr, dyo_ptr,
                     H, G, HG, P, s_sc, s_sg, s_sn,
-                    N: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+                    N: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
+                    ATOMIC: tl.constexpr):
     c = tl.program_id(0)
     h = tl.program_id(1)
     g = h // HG
@@ -98,7 +107,10 @@ def _out_bwd_kernel(x_ptr, C_ptr, S_ptr, cb_ptr, cs_ptr, doc_ptr, dy_ptr, dx_ptr
     dML = tl.dot(dyc, tl.trans(x), input_precision=PREC) * L  # [Q, Q]: d loss / d CB from this head
     E = dML * CB  # d loss / d (cs_l - cs_s)
     dcs = tl.sum(E, axis=1) - tl.sum(E, axis=0)
-    tl.atomic_add(dcb_ptr + cb_off, dML, sem="relaxed")
+    if ATOMIC:
+        tl.atomic_add(dcb_ptr + cb_off, dML, sem="relaxed")
+    else:  # [nc, H, Q, Q]: this head's own tile
+        tl.store(dcb_ptr + ((c * H + h) * Q + l[:, None]) * Q + l[None, :], dML)
     # the state entering the chunk: y += e * (C . S_in)
     y_in = _state_out(C_ptr, S_ptr, tok, c, g, h % HG, G, P, s_sc, s_sg, s_sn, N, Q, BP, BN, PREC)
     dcs += e * tl.sum(dy * y_in, axis=1)
@@ -145,7 +157,16 @@ def chunk_output_backward(dy, xdt, C, S_in, CB, cs, doc):
     dy = dy.float().contiguous()
     dx = torch.empty_like(dy)
     dcs = torch.empty_like(cs)
-    dcb = torch.zeros_like(CB)
     dyo = torch.empty_like(xdt)
-    _out_bwd_kernel[grid](xdt, C, S_in, CB, cs, doc, dy, dx, dcs, dcb, dyo, *dims, **meta)
-    return dx, dcs, dcb, dyo
+    if DCB_ATOMIC:
+        dcb = torch.zeros_like(CB)
+        _out_bwd_kernel[grid](xdt, C, S_in, CB, cs, doc, dy, dx, dcs, dcb, dyo, *dims, ATOMIC=True, **meta)
+        return dx, dcs, dcb, dyo
+    nc, G, Q, _ = CB.shape
+    H = xdt.shape[1]
+    if nc * H * Q * Q >= 2 ** 31:
+        raise ValueError(f"ssd chunk kernels: {nc} chunks x {H} heads of [{Q}, {Q}] dCB tiles pass 2^31 elements; "
+                         "split the packed batch or set H1R_SSD_DCB_ATOMIC=1")
+    dcb_heads = torch.empty(nc, H, Q, Q, device=CB.device, dtype=torch.float32)
+    _out_bwd_kernel[grid](xdt, C, S_in, CB, cs, doc, dy, dx, dcs, dcb_heads, dyo, *dims, ATOMIC=False, **meta)
+    return dx, dcs, dcb_heads.view(nc, G, H // G, Q, Q).sum(2), dyo
