@@ -23,9 +23,12 @@ MFU = model FLOPs / step time / bf16 matmul rate measured in the same run.
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
 import json
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -66,11 +69,39 @@ def documents(T: int, g: torch.Generator) -> list[int]:
     return out
 
 
-def h1r_step_time(cfg, T, docs, dev, steps=3, ac=True, profile=False):
+def sync_sites(step) -> collections.Counter:
+    """Run step() once with CUDA's sync debug mode on; count each call site (the innermost frames outside
+    torch) of an operation that made the host wait for the GPU."""
+    sites = collections.Counter()
+    shown = warnings.showwarning
+
+    def note(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return shown(message, category, filename, lineno, file, line)
+        frames = [f for f in traceback.extract_stack()[:-1]
+                  if "/torch/" not in f.filename and not f.filename.endswith("warnings.py")]
+        sites[" <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-3:]))] += 1
+
+    warnings.showwarning = note
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = note
+            step()
+        torch.cuda.synchronize()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        warnings.showwarning = shown
+    return sites
+
+
+def h1r_step_time(cfg, T, docs, dev, steps=3, ac=True, profile=False, sync_debug=False):
     """Seconds per SFT step (after one warm-up step), peak GB, loss, and seconds per step until the host had
     queued the timed steps (close to the step time when the host is the bottleneck, or when something in
     the step synchronises). `ac`: per-layer activation checkpointing.
-    `profile`: print the top CUDA kernels of the timed steps (steady state: no compile, no optimizer init)."""
+    `profile`: print the top CUDA kernels of the timed steps (steady state: no compile, no optimizer init).
+    `sync_debug`: print where one steady-state step synchronises with the GPU (sync_sites)."""
     from h1r.checkpoint import init_model
     from h1r.train.loss import TokenNLL
 
@@ -99,6 +130,11 @@ def h1r_step_time(cfg, T, docs, dev, steps=3, ac=True, profile=False):
     try:
         step()  # compile / autotune / optimizer state
         torch.cuda.synchronize()
+        if sync_debug:
+            sites = sync_sites(step)
+            print(f"host waits in one step: {sum(sites.values())}", flush=True)
+            for site, n in sites.most_common():
+                print(f"{n:5d}  {site}", flush=True)
         if profile:
             from torch.autograd import DeviceType
             from torch.profiler import ProfilerActivity, profile as prof_ctx
@@ -212,6 +248,8 @@ def main(argv=None):
                          "(H1R_SSD_FUSED=1 H1R_SSD_SCAN=1's path)")
     ap.add_argument("--out", default="bench/results/train_gpu.json")
     ap.add_argument("--profile", action="store_true", help="profile steady-state steps of the first preset/length/ac")
+    ap.add_argument("--sync-debug", action="store_true",
+                    help="with --profile: first list where a step makes the host wait for the GPU")
     args = ap.parse_args(argv)
     import h1r.model.falcon_h1 as fh
     import h1r.model.kernels.train as TK
@@ -225,7 +263,8 @@ def main(argv=None):
     if args.profile:
         cfg = preset(args.presets.split(",")[0])
         T = int(args.lengths.split(",")[0])
-        dt, peak, _, host = h1r_step_time(cfg, T, documents(T, g), dev, steps=2, ac=acs[0], profile=True)
+        dt, peak, _, host = h1r_step_time(cfg, T, documents(T, g), dev, steps=2, ac=acs[0], profile=True,
+                                          sync_debug=args.sync_debug)
         print(f"wall {1e3 * dt:.0f} ms per step ({1e3 * host:.0f} ms to queue it), peak {peak:.1f} GB", flush=True)
         return
     rate = matmul_rate(dev)
