@@ -225,7 +225,7 @@ def test_scan_state_passing_matches_the_dense_product(lens, Q, G, monkeypatch):
 FUSED_CASES = [  # (document lengths, chunk, P, N): the kernel's tile takes chunks of 16..128
     ([37], 16, 3, 5),
     ([16, 16, 16], 16, 4, 8),  # documents exactly on chunk boundaries
-    ([3, 1, 12, 1, 7, 9, 20], 16, 20, 80),  # mid-chunk starts, one-token documents, odd total; P and N masked,
+    ([3, 1, 12, 1, 7, 9, 20], 16, 20, 80),  # mid-chunk starts, one-token documents, odd total; P, N masked
     ([70, 25], 32, 16, 16),  # N in two blocks; documents spanning several chunks
     ([1], 16, 3, 5),
 ]
