@@ -86,6 +86,12 @@ class FastRunner:
         # SPLITS is a Triton constexpr, so an eager step with an odd decode count would otherwise compile anew
         return self.fast.logits(h[rows])
 
+    def _padding_row(self) -> dict[str, int]:
+        """What a padding decode row holds: token 0 at position 0, its K/V and state in the scratch page and
+        slot, context 1, so it never touches a live sequence (graph buckets and padded mixed steps)."""
+        return {"ids": 0, "pos": 0, "kv": self.scratch_page * self.page_size, "slots": self.scratch_slot,
+                "table": self.scratch_page, "ctx": 1}
+
     def _pad_decode(self, batch: StepBatch, rows: torch.Tensor) -> tuple[StepBatch, torch.Tensor]:
         """A mixed step's decode rows padded to their graph bucket (scratch slot and page, context 1) and its page
         table widened to the graphs' width. The decode kernels then see the row count, table stride and split
@@ -95,16 +101,15 @@ class FastRunner:
         extra rows."""
         S = batch.num_decode
         pad = self._bucket_of[S] - S
-        dev = batch.input_ids.device
-        table = torch.full((S + pad, self.max_pages), self.scratch_page, dtype=torch.long, device=dev)
+        fill = self._padding_row()
+        table = batch.decode_pages.new_full((S + pad, self.max_pages), fill["table"])
         table[:S, :batch.decode_pages.shape[1]] = batch.decode_pages
 
-        def widen(t, fill):  # the decode part is the first S entries of the flat token row
-            return torch.cat([t[:S], t.new_full((pad,), fill), t[S:]])
+        def widen(t, key):  # the decode part is the first S entries of the flat token row
+            return torch.cat([t[:S], t.new_full((pad,), fill[key]), t[S:]])
 
-        padded = StepBatch(widen(batch.input_ids, 0), widen(batch.positions, 0),
-                           widen(batch.kv_index, self.scratch_page * self.page_size),
-                           widen(batch.decode_slots, self.scratch_slot), table, widen(batch.decode_context, 1),
+        padded = StepBatch(widen(batch.input_ids, "ids"), widen(batch.positions, "pos"), widen(batch.kv_index, "kv"),
+                           widen(batch.decode_slots, "slots"), table, widen(batch.decode_context, "ctx"),
                            [dataclasses.replace(seg, start=seg.start + pad) for seg in batch.prefills])
         return padded, torch.where(rows >= S, rows + pad, rows)
 
@@ -142,14 +147,8 @@ class FastRunner:
     def _capture_all(self):
         dev = self.fast.device
         B = self.max_bs
-        self.buf = {
-            "ids": torch.zeros(B, dtype=torch.long, device=dev),
-            "pos": torch.zeros(B, dtype=torch.long, device=dev),
-            "kv": torch.full((B,), self.scratch_page * self.page_size, dtype=torch.long, device=dev),
-            "slots": torch.full((B,), self.scratch_slot, dtype=torch.long, device=dev),
-            "table": torch.full((B, self.max_pages), self.scratch_page, dtype=torch.long, device=dev),
-            "ctx": torch.ones(B, dtype=torch.long, device=dev),
-        }
+        self.buf = {key: torch.full((B, self.max_pages) if key == "table" else (B,), value, dtype=torch.long,
+                                    device=dev) for key, value in self._padding_row().items()}
         pool = None
         torch.cuda.synchronize()
         for bs in sorted(graph_buckets(B), reverse=True):
@@ -180,13 +179,9 @@ class FastRunner:
         w = batch.decode_pages.shape[1]
         b["table"][:S, :w].copy_(batch.decode_pages, non_blocking=True)
         b["ctx"][:S].copy_(batch.decode_context, non_blocking=True)
-        if bs > S:  # padding rows: scratch slot/page, context 1
-            b["kv"][S:bs].fill_(self.scratch_page * self.page_size)
-            b["slots"][S:bs].fill_(self.scratch_slot)
-            b["table"][S:bs].fill_(self.scratch_page)
-            b["ctx"][S:bs].fill_(1)
-            b["ids"][S:bs].zero_()
-            b["pos"][S:bs].zero_()
+        if bs > S:
+            for key, value in self._padding_row().items():
+                b[key][S:bs].fill_(value)
         g, out = self.graphs[bs]
         g.replay()
         return out[:S]
