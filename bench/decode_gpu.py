@@ -266,6 +266,8 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true", help="print the top kernels of one batch-64 decode step")
     ap.add_argument("--out", default="bench/results/decode_gpu.json")
     args = ap.parse_args(argv)
+    if args.repeat_b < 1:
+        ap.error(f"--repeat-b must be at least 1, got {args.repeat_b}")
     from h1r import LLM
     from h1r.checkpoint import init_model
     from h1r.config import preset

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import h1r.model.ssd_packed as SP  # noqa: E402
-from h1r.model.kernels import ssd_chunk  # noqa: E402
 from train_gpu import documents  # noqa: E402  (bench/ is the script's directory)
 from h1r.model.ssd_packed import doc_ids_from_cu, ssd_packed  # noqa: E402
 
@@ -50,6 +49,12 @@ def fla_parallel(x, dt, A, B, C, cu):
     from h1r.model.kernels.train import _ssd_fla
 
     return _ssd_fla(x, dt, A, B, C, cu.long())
+
+
+def step_inputs(T: int, shp: dict, dev):
+    """The timed call's inputs: packed documents of T tokens -> ([x, dt, A, B, C] requiring grad, cu, doc, dy)."""
+    x, dt, A, B, C, cu = inputs(documents(T, torch.Generator().manual_seed(0)), **shp, dev=dev)
+    return [t.requires_grad_() for t in (x, dt, A, B, C)], cu, doc_ids_from_cu(cu, T), torch.randn(x.shape, device=dev)
 
 
 def rel(a, b):
@@ -115,13 +120,11 @@ def flops(T, H, P, N, G, Q) -> float:
 def timings(dev, T: int, chunks, shapes, scan: bool, fused: bool) -> list[dict]:
     """`scan`: also time the first chunk length with the Triton scan between chunks (H1R_SSD_SCAN=1);
     `fused`: every chunk length with the fused chunk-output kernels and the scan (H1R_SSD_FUSED=1)."""
+    from h1r.model.kernels import ssd_chunk  # needs triton
+
     rows = []
-    lens = documents(T, torch.Generator().manual_seed(0))
     for name, shp in shapes.items():
-        x, dt, A, B, C, cu = inputs(lens, **shp, dev=dev)
-        doc = doc_ids_from_cu(cu, T)
-        dy = torch.randn(x.shape, device=dev)
-        ins = [t.requires_grad_() for t in (x, dt, A, B, C)]
+        ins, cu, doc, dy = step_inputs(T, shp, dev)
         variants = {f"chunked Q={q}": (lambda q: lambda: ssd_packed(*ins, doc, q))(q) for q in chunks}
         variants["chunked eager"] = lambda: ssd_packed(*ins, doc, chunks[0])  # the glue between GEMMs unfused
         if scan:
@@ -160,12 +163,8 @@ def profile(dev, T: int, Q: int, shapes, scan: bool, fused: bool) -> None:
     """Print the top CUDA kernels of forward+backward (compiled, steady state): where the time goes."""
     from torch.profiler import ProfilerActivity, profile as prof_ctx
 
-    lens = documents(T, torch.Generator().manual_seed(0))
     for name, shp in shapes.items():
-        x, dt, A, B, C, cu = inputs(lens, **shp, dev=dev)
-        doc = doc_ids_from_cu(cu, T)
-        dy = torch.randn(x.shape, device=dev)
-        ins = [t.requires_grad_() for t in (x, dt, A, B, C)]
+        ins, cu, doc, dy = step_inputs(T, shp, dev)
         for use_scan, use_fused in sorted({(False, False), (scan, False), (fused or scan, fused)}):
             SP.SCAN, SP.FUSED = use_scan, use_fused
             for _ in range(3):
@@ -196,6 +195,9 @@ def main(argv=None):
     ap.add_argument("--out", default="bench/results/ssd_train_gpu.json")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
+    unknown = set(args.shapes.split(",")) - set(SHAPES)
+    if unknown:
+        ap.error(f"--shapes: unknown {sorted(unknown)}; known: {', '.join(SHAPES)}")
     shapes = {s: SHAPES[s] for s in args.shapes.split(",")}
     chunks = [int(c) for c in args.chunks.split(",")]
     res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}

@@ -132,7 +132,8 @@ def skinny_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = 
     assert out.shape == (M, N) and out.stride(1) == 1 and (split == 1 or out.dtype == torch.float32)
     grid = (triton.cdiv(N, block_n), split)
     common = dict(K=K, K_SPLIT=k_split, HAS_BIAS=bias is not None, ATOMIC=split > 1, BLOCK_M=_blocks(M),
-                  BLOCK_N=block_n, BLOCK_K=block_k, PREC="ieee" if x.dtype == torch.float32 else "tf32", num_warps=warps, num_stages=stages, **pdl(x))
+                  BLOCK_N=block_n, BLOCK_K=block_k, PREC="ieee" if x.dtype == torch.float32 else "tf32",
+                  num_warps=warps, num_stages=stages, **pdl(x))
     b = bias if bias is not None else w
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
