@@ -1,5 +1,6 @@
 """H1R_* switches: on/off values in the usual spellings, and a typo named rather than silently ignored."""
 
+import os
 import subprocess
 import sys
 
@@ -29,8 +30,6 @@ def test_flag_default_and_bad_value(monkeypatch):
 def test_a_bad_switch_stops_the_cli_with_its_name(tmp_path):
     """A mistyped H1R_COMPILE makes `h1r` print one line naming it and exit 2, not run with a guess."""
     env = {"H1R_COMPILE": "yess", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    import os
-
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     r = subprocess.run([sys.executable, "-m", "h1r", "init", "tiny", str(tmp_path / "m")],
                        capture_output=True, text=True, env=env, timeout=300)
