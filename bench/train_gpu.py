@@ -246,6 +246,9 @@ def main(argv=None):
     ap.add_argument("--ssd-fused-lengths", default="",
                     help="also time these lengths with the fused chunk-output kernels and the scan "
                          "(H1R_SSD_FUSED=1 H1R_SSD_SCAN=1's path)")
+    ap.add_argument("--fp32-norm-lengths", default="",
+                    help="also time these lengths with the norms returning fp32 under autocast (H1R_HALF_NORM=0's "
+                         "path: each Linear casts its own copy)")
     ap.add_argument("--out", default="bench/results/train_gpu.json")
     ap.add_argument("--profile", action="store_true", help="profile steady-state steps of the first preset/length/ac")
     ap.add_argument("--sync-debug", action="store_true",
@@ -281,7 +284,8 @@ def main(argv=None):
                             ("fla_parallel_ssd", args.ssd_compare_lengths, TK, "SSD_KERNEL", "fla-parallel"),
                             ("ssd_eager", args.ssd_eager_lengths, SP, "COMPILE", False),
                             ("ssd_scan", args.ssd_scan_lengths, SP, "SCAN", True),
-                            ("ssd_fused", args.ssd_fused_lengths, SP, "SCAN+FUSED", True)]
+                            ("ssd_fused", args.ssd_fused_lengths, SP, "SCAN+FUSED", True),
+                            ("fp32_norm_out", args.fp32_norm_lengths, fh, "HALF_NORM_OUTPUT", False)]
                 for key, lengths, module, attr, value in variants:
                     if "error" not in r and str(T) in lengths.split(","):
                         r[key] = time_variant(cfg, T, docs, dev, ac, module, attr, value, r["model_flops"] / rate)
@@ -302,6 +306,7 @@ def main(argv=None):
                       + (f"  SSD scan {r['ssd_scan']['tok_s']:.0f} tok/s" if "ssd_scan" in r else "")
                       + (f"  SSD fused+scan {r['ssd_fused']['tok_s']:.0f} tok/s ({100 * r['ssd_fused']['MFU']:.1f}%)"
                          if "ssd_fused" in r else "")
+                      + (f"  fp32 norm output {r['fp32_norm_out']['tok_s']:.0f} tok/s" if "fp32_norm_out" in r else "")
                       + (f"  (queued in {r['host_queue_seconds'] / r['seconds']:.0%} of the step)" if "seconds" in r else ""),
                       flush=True)
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # after every run: a cut-off run keeps its rows

@@ -58,17 +58,33 @@ def fused_when_training(feature_dims: int):
     return wrap
 
 
+# under autocast the norms hand the projections their input already in the autocast dtype: one cast inside
+# the norm instead of one per Linear reading it (four after the input norm, two after the pre-FF norm),
+# forward and backward; the Linears see identical values, and the gradients reaching the norm from those
+# Linears then add up in the autocast dtype, as in bf16 training stacks generally. H1R_HALF_NORM=0: off.
+HALF_NORM_OUTPUT = flag("H1R_HALF_NORM", True)
+
+
+def autocast_out_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype a norm should return under autocast (None: its natural dtype)."""
+    if HALF_NORM_OUTPUT and torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return None
+
+
 @fused_when_training(feature_dims=1)
-def rms_norm(x, weight, eps: float):
-    """Llama-style: normalise in fp32, cast back, then scale."""
+def rms_norm(x, weight, eps: float, out_dtype: torch.dtype | None = None):
+    """Llama-style: normalise in fp32, cast back, then scale (then cast to `out_dtype` if given)."""
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
+    y = weight * xf.to(x.dtype)
+    return y if out_dtype is None else y.to(out_dtype)
 
 
 @fused_when_training(feature_dims=1)
-def gated_rms_norm(y, z, weight, n_groups: int, eps: float, norm_before_gate: bool):
-    """y [..., d] (fp32), z [..., d] -> grouped RMSNorm of y with a SiLU gate from z, fp32."""
+def gated_rms_norm(y, z, weight, n_groups: int, eps: float, norm_before_gate: bool,
+                   out_dtype: torch.dtype | None = None):
+    """y [..., d] (fp32), z [..., d] -> grouped RMSNorm of y with a SiLU gate from z, fp32 (or `out_dtype`)."""
     if not norm_before_gate:
         y = y * F.silu(z.float())
     shape = y.shape
@@ -77,7 +93,7 @@ def gated_rms_norm(y, z, weight, n_groups: int, eps: float, norm_before_gate: bo
     y = (weight.float().view(n_groups, -1) * yg).reshape(shape)
     if norm_before_gate:
         y = y * F.silu(z.float())
-    return y
+    return y if out_dtype is None else y.to(out_dtype)
 
 
 @fused_when_training(feature_dims=1)
@@ -100,7 +116,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        return rms_norm(x, self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps, autocast_out_dtype(x))
 
 
 class GatedRMSNorm(nn.Module):
@@ -111,8 +127,8 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.n_groups, self.eps, self.norm_before_gate = n_groups, eps, norm_before_gate
 
-    def forward(self, y, z):  # y [..., d] (fp32), z [..., d]
-        return gated_rms_norm(y, z, self.weight, self.n_groups, self.eps, self.norm_before_gate)
+    def forward(self, y, z, out_dtype: torch.dtype | None = None):  # y [..., d] (fp32), z [..., d]
+        return gated_rms_norm(y, z, self.weight, self.n_groups, self.eps, self.norm_before_gate, out_dtype)
 
 
 def scaled_linear(x, lin: nn.Linear, out_scale=1.0, in_scale: float = 1.0):
@@ -142,10 +158,12 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: to
 
 
 @fused_when_training(feature_dims=2)
-def apply_rope(x, cos, sin):  # x [B,T,H,hd], cos/sin [B,T,hd]
+def apply_rope(x, cos, sin):  # x [B,T,H,hd], cos/sin [B,T,hd] -> x's dtype
+    """Keeps x's dtype: with fp32 cos/sin (the fp32 residual stream under autocast) the product would be
+    promoted to fp32 and cast back before attention, an extra pass each way."""
     x1, x2 = x.chunk(2, dim=-1)
     rot = torch.cat([-x2, x1], dim=-1)
-    return x * cos[:, :, None] + rot * sin[:, :, None]
+    return (x * cos[:, :, None] + rot * sin[:, :, None]).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -206,8 +224,8 @@ class Mamba2Mixer(nn.Module):
         zxbcdt = scaled_linear(h, self.in_proj, self.mup_vector, self.ssm_in_multiplier)
         z, xBC, dt = zxbcdt.split([self.d_ssm, self.conv_dim, self.n_heads], dim=-1)
         y = ctx.mamba(self.layer_idx, self, xBC, dt)  # [B,T,d_ssm] fp32, D skip included
-        y = self.norm(y, z) if self.norm is not None else y * F.silu(z.float())
-        return scaled_linear(y.to(h.dtype), self.out_proj, self.ssm_out_multiplier)
+        y = self.norm(y, z, h.dtype) if self.norm is not None else (y * F.silu(z.float())).to(h.dtype)
+        return scaled_linear(y, self.out_proj, self.ssm_out_multiplier)
 
     # ---- the mixing math, shared by every context (reference path) ----------------------------
     def discretize(self, dt_raw):

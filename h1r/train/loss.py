@@ -28,10 +28,14 @@ class TokenNLL(nn.Module):
     def forward(self, input_ids, target_mask, attention_mask=None, reset=None) -> torch.Tensor:
         """input_ids [B,T], target_mask [B,T] bool (token t supervised, predicted at t-1) ->
         nll [n] fp32 in row-major order of target_mask[:, 1:]."""
+        # the supervised positions first: finding them waits for the GPU, which costs nothing here, before
+        # any of this step's work is queued, but after the forward it would hold the backward's launches back
+        B, T = input_ids.shape
+        pos = target_mask[:, 1:].nonzero()  # [n, 2] (row, t) with token t+1 supervised, row-major
+        flat = pos[:, 0] * T + pos[:, 1]  # [n] index into the flattened [B*T] positions
         h = self.lm.hidden_states(input_ids, attention_mask=attention_mask, reset=reset)  # [B,T,D]
-        sel = target_mask[:, 1:]  # [B,T-1]
-        h_sel = h[:, :-1][sel]  # [n,D]
-        targets = input_ids[:, 1:][sel]  # [n]
+        h_sel = h.reshape(B * T, -1).index_select(0, flat)  # [n,D]
+        targets = input_ids.reshape(-1)[flat + 1]  # [n]
         if self.fused if self.fused is not None else h.is_cuda:
             from h1r.train.fused_ce import token_logprobs
 
