@@ -26,12 +26,16 @@ the output are fp32 (fp64 for fp64 inputs). The backward saves the inputs and S_
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from h1r.model.ssd import segsum
 from h1r.utils.env import flag
+
+if TYPE_CHECKING:
+    from h1r.model.kernels.graphs import LayerGraphs
 
 # fuse the elementwise chains with torch.compile on CUDA (COMPILE_ON_CPU: tests compare the two)
 COMPILE = flag("H1R_COMPILE", True)
@@ -264,90 +268,138 @@ class _Chunks:
         return t.transpose(1, 2)
 
 
+def _forward(xdt, a, B, C, layout: PackedLayout):
+    """-> y [n,H,P] fp32 (fd), S_in [nc,G,N,Hg*P] (saved for the backward)."""
+    k = _Chunks(xdt, a, B, C, layout)
+    fused = _use_fused(k)
+    if not fused:
+        M = _intra_matrix(k.cs, k.CB(), k.lay.same, k.cd)  # [nc,H,Q,Q]
+        y_diag = k.by_head(M @ k.by_head(k.xdt))  # [nc,Q,H,P]
+    S = k.chunk_states(k.state_inputs())
+    if _use_scan(xdt):
+        from h1r.model.kernels.state_passing import chunk_decay_factors, state_pass
+
+        S_in = state_pass(S.contiguous(), chunk_decay_factors(k.cs[:, -1], k.lay.doc_end))
+    else:
+        S_in = k.states_in(S, k.gam())
+    if fused:
+        from h1r.model.kernels.ssd_chunk import chunk_output
+
+        y = chunk_output(k.xdt_tok, k.C_tok, S_in, k.CB(), k.cs, k.lay.doc)
+    else:
+        y = _combine(y_diag, k.ungrouped(k.Cc @ S_in), k.cs, k.lay.from_start)
+    return y.reshape(-1, k.H, k.P)[:k.n], S_in
+
+
+def _backward(dy, xdt, a, B, C, S_in, layout: PackedLayout):  # dy [n,H,P]
+    """-> dxdt, da, dB, dC in the inputs' dtypes."""
+    k = _Chunks(xdt, a, B, C, layout)
+    cd, nc, Q, H = k.cd, k.nc, k.Q, k.H
+    dy = F.pad(dy.to(k.fd), (0, 0, 0, 0, 0, k.pad)).reshape(nc, Q, H, k.P)
+    fused = _use_fused(k)
+    CB = k.CB()
+
+    # off-diagonal: y_off = e * (C . S_in); with `fused`, the within-chunk gradients too
+    if fused:
+        from h1r.model.kernels.ssd_chunk import chunk_output_backward
+
+        dxdt_in, dcs, dCB, dYo = chunk_output_backward(dy.view(-1, H, k.P), k.xdt_tok, k.C_tok, S_in, CB,
+                                                       k.cs, k.lay.doc)
+        dYo = k.grouped(dYo.view(nc, Q, H, k.P))
+    else:
+        dcs, dYo = _off_grads(dy, k.ungrouped(k.Cc @ S_in), k.cs, k.lay.from_start, cd)
+        dYo = k.grouped(dYo)  # [nc,G,Q,Hg*P]
+    dC = (dYo @ S_in.transpose(-1, -2)).to(k.fd)  # [nc,G,Q,N]
+    dS_in = k.Cc.transpose(-1, -2) @ dYo  # [nc,G,N,Hg*P]
+
+    # between chunks: S_in = Gam @ S (per head), or the scan S_in[z+1] = decay[z] S_in[z] + S[z]
+    xw = k.state_inputs()
+    if _use_scan(xdt):
+        from h1r.model.kernels.state_passing import chunk_decay_factors, state_pass_backward
+
+        decay = chunk_decay_factors(k.cs[:, -1], k.lay.doc_end)
+        dS, ddecay = state_pass_backward(dS_in.contiguous(), S_in.contiguous(), decay)
+        dcs[:, -1] += ddecay * decay  # decay = exp(tot) * mask
+    else:
+        S, gam = k.chunk_states(xw), k.gam()
+        dS_in_h, S_h = k.per_head(dS_in), k.per_head(S)
+        dS = k.per_chunk(gam.to(cd).transpose(-1, -2) @ dS_in_h)
+        dgam = (dS_in_h @ S_h.transpose(-1, -2)).to(k.fd)  # [H,nc,nc]
+        dcs[:, -1] += _chunk_decay_grad(gam, dgam)
+
+    # chunk states: S = B^T @ xw
+    dB = (xw @ dS.transpose(-1, -2)).to(k.fd)  # [nc,G,Q,N]
+    dxdt, dcs_w = _state_input_grads(k.ungrouped(k.Bc @ dS), k.xdt, k.cs, k.lay.to_end)
+    dcs += dcs_w
+
+    # intra-chunk: y_diag = M @ xdt, M = CB * L
+    if fused:
+        dxdt += dxdt_in.view(nc, Q, H, k.P)
+    else:
+        dyh = k.by_head(dy).to(cd)  # [nc,H,Q,P]
+        M = _intra_matrix(k.cs, CB, k.lay.same, cd)
+        dxdt += k.by_head(M.transpose(-1, -2) @ dyh)
+        dCB, dcs_L = _intra_grads(dyh @ k.by_head(k.xdt).transpose(-1, -2), k.cs, CB, k.lay.same)
+        dcs += dcs_L
+    dC += dCB @ k.Bc.to(k.fd)
+    dB += dCB.transpose(-1, -2) @ k.Cc.to(k.fd)
+
+    da = dcs.flip(1).cumsum(1).flip(1)  # cs = cumsum(a) within the chunk
+    n = k.n
+    return (dxdt.reshape(-1, H, k.P)[:n].to(xdt.dtype), da.reshape(-1, H)[:n].to(a.dtype),
+            dB.transpose(1, 2).reshape(-1, k.G, k.N)[:n].to(B.dtype),
+            dC.transpose(1, 2).reshape(-1, k.G, k.N)[:n].to(C.dtype))
+
+
+# On CUDA every layer of a step runs the SSD's forward (and backward) on the same shapes and document layout:
+# the first layer runs it op by op, the second is captured in a CUDA graph, the rest replay it
+# (kernels/graphs.py), which takes milliseconds of host time per layer off a host-bound step.
+# H1R_LAYER_GRAPHS=0: op by op throughout (it also sets kernels/train.py's CONV_GRAPHS).
+GRAPHS = flag("H1R_LAYER_GRAPHS", True)
+_graphs: dict[str, "LayerGraphs"] = {}
+
+
+def _graphed(kind: str, t: torch.Tensor):
+    """The LayerGraphs for `kind` ("forward"/"backward"), or None where graphs do not apply."""
+    if not (GRAPHS and t.is_cuda) or torch.cuda.is_current_stream_capturing():
+        return None
+    if kind not in _graphs:
+        from h1r.model.kernels.graphs import LayerGraphs
+
+        _graphs[kind] = LayerGraphs(f"ssd_packed.{kind}")
+    return _graphs[kind]
+
+
+def _key(layout, *ts):
+    """Everything a captured call depends on besides its tensors' values."""
+    dev = ts[0].device.type
+    ac = torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev)
+    return (layout, ac, SCAN, FUSED, COMPILE) + tuple((t.shape, t.dtype) for t in ts)
+
+
 class PackedSSD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xdt, a, B, C, layout: PackedLayout):
-        k = _Chunks(xdt, a, B, C, layout)
-        fused = _use_fused(k)
-        if not fused:
-            M = _intra_matrix(k.cs, k.CB(), k.lay.same, k.cd)  # [nc,H,Q,Q]
-            y_diag = k.by_head(M @ k.by_head(k.xdt))  # [nc,Q,H,P]
-        S = k.chunk_states(k.state_inputs())
-        if _use_scan(xdt):
-            from h1r.model.kernels.state_passing import chunk_decay_factors, state_pass
-
-            S_in = state_pass(S.contiguous(), chunk_decay_factors(k.cs[:, -1], k.lay.doc_end))
+        graphs = _graphed("forward", xdt)
+        if graphs is not None:
+            y, S_in = graphs(_key(layout, xdt, a, B, C), lambda *t: _forward(*t, layout), xdt, a, B, C)
         else:
-            S_in = k.states_in(S, k.gam())
-        if fused:
-            from h1r.model.kernels.ssd_chunk import chunk_output
-
-            y = chunk_output(k.xdt_tok, k.C_tok, S_in, k.CB(), k.cs, k.lay.doc)
-        else:
-            y = _combine(y_diag, k.ungrouped(k.Cc @ S_in), k.cs, k.lay.from_start)
+            y, S_in = _forward(xdt, a, B, C, layout)
         ctx.save_for_backward(xdt, a, B, C, S_in)
         ctx.layout = layout
-        return y.reshape(-1, k.H, k.P)[:k.n]
+        return y
 
     @staticmethod
     def backward(ctx, dy):  # dy [n,H,P]
         xdt, a, B, C, S_in = ctx.saved_tensors
-        k = _Chunks(xdt, a, B, C, ctx.layout)
-        cd, nc, Q, H = k.cd, k.nc, k.Q, k.H
-        dy = F.pad(dy.to(k.fd), (0, 0, 0, 0, 0, k.pad)).reshape(nc, Q, H, k.P)
-        fused = _use_fused(k)
-        CB = k.CB()
-
-        # off-diagonal: y_off = e * (C . S_in); with `fused`, the within-chunk gradients too
-        if fused:
-            from h1r.model.kernels.ssd_chunk import chunk_output_backward
-
-            dxdt_in, dcs, dCB, dYo = chunk_output_backward(dy.view(-1, H, k.P), k.xdt_tok, k.C_tok, S_in, CB,
-                                                           k.cs, k.lay.doc)
-            dYo = k.grouped(dYo.view(nc, Q, H, k.P))
+        layout = ctx.layout
+        graphs = _graphed("backward", xdt)
+        if graphs is not None:
+            grads = graphs(_key(layout, dy, xdt, a, B, C, S_in), lambda *t: _backward(*t, layout),
+                           dy, xdt, a, B, C, S_in)
         else:
-            dcs, dYo = _off_grads(dy, k.ungrouped(k.Cc @ S_in), k.cs, k.lay.from_start, cd)
-            dYo = k.grouped(dYo)  # [nc,G,Q,Hg*P]
-        dC = (dYo @ S_in.transpose(-1, -2)).to(k.fd)  # [nc,G,Q,N]
-        dS_in = k.Cc.transpose(-1, -2) @ dYo  # [nc,G,N,Hg*P]
-
-        # between chunks: S_in = Gam @ S (per head), or the scan S_in[z+1] = decay[z] S_in[z] + S[z]
-        xw = k.state_inputs()
-        if _use_scan(xdt):
-            from h1r.model.kernels.state_passing import chunk_decay_factors, state_pass_backward
-
-            decay = chunk_decay_factors(k.cs[:, -1], k.lay.doc_end)
-            dS, ddecay = state_pass_backward(dS_in.contiguous(), S_in.contiguous(), decay)
-            dcs[:, -1] += ddecay * decay  # decay = exp(tot) * mask
-        else:
-            S, gam = k.chunk_states(xw), k.gam()
-            dS_in_h, S_h = k.per_head(dS_in), k.per_head(S)
-            dS = k.per_chunk(gam.to(cd).transpose(-1, -2) @ dS_in_h)
-            dgam = (dS_in_h @ S_h.transpose(-1, -2)).to(k.fd)  # [H,nc,nc]
-            dcs[:, -1] += _chunk_decay_grad(gam, dgam)
-
-        # chunk states: S = B^T @ xw
-        dB = (xw @ dS.transpose(-1, -2)).to(k.fd)  # [nc,G,Q,N]
-        dxdt, dcs_w = _state_input_grads(k.ungrouped(k.Bc @ dS), k.xdt, k.cs, k.lay.to_end)
-        dcs += dcs_w
-
-        # intra-chunk: y_diag = M @ xdt, M = CB * L
-        if fused:
-            dxdt += dxdt_in.view(nc, Q, H, k.P)
-        else:
-            dyh = k.by_head(dy).to(cd)  # [nc,H,Q,P]
-            M = _intra_matrix(k.cs, CB, k.lay.same, cd)
-            dxdt += k.by_head(M.transpose(-1, -2) @ dyh)
-            dCB, dcs_L = _intra_grads(dyh @ k.by_head(k.xdt).transpose(-1, -2), k.cs, CB, k.lay.same)
-            dcs += dcs_L
-        dC += dCB @ k.Bc.to(k.fd)
-        dB += dCB.transpose(-1, -2) @ k.Cc.to(k.fd)
-
-        da = dcs.flip(1).cumsum(1).flip(1)  # cs = cumsum(a) within the chunk
-        n = k.n
-        return (dxdt.reshape(-1, H, k.P)[:n].to(xdt.dtype), da.reshape(-1, H)[:n].to(a.dtype),
-                dB.transpose(1, 2).reshape(-1, k.G, k.N)[:n].to(B.dtype),
-                dC.transpose(1, 2).reshape(-1, k.G, k.N)[:n].to(C.dtype), None)
+            grads = _backward(dy, xdt, a, B, C, S_in, layout)
+        return (*grads, None)
 
 
 def ssd_packed(x, dt, A, B, C, doc: torch.Tensor, chunk_size: int) -> torch.Tensor:

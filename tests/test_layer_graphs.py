@@ -1,0 +1,34 @@
+"""LayerGraphs' bookkeeping (the capture itself needs CUDA: tests/test_ssd_packed.py, tests/test_kernels.py)."""
+
+import torch
+
+from h1r.model.kernels.graphs import LayerGraphs, _same_key, release_all
+
+
+def test_keys_compare_tensors_by_identity_and_the_rest_by_value():
+    a, b = torch.zeros(3), torch.zeros(3)
+    assert _same_key((a, (torch.Size([2]), torch.float32)), (a, (torch.Size([2]), torch.float32)))
+    assert not _same_key((a, 1), (b, 1))  # equal values, another tensor: another layout
+    assert not _same_key((a, torch.Size([2])), (a, torch.Size([3])))
+    assert not _same_key((a,), (a, 1))
+    assert not _same_key((a,), None)
+
+
+def test_first_call_of_a_key_runs_eagerly_and_a_new_key_starts_over():
+    g = LayerGraphs("t")
+    cu = torch.tensor([0, 3])
+    seen = []
+    out = g((cu,), lambda x: (seen.append(1) or x * 2,), torch.ones(2))
+    assert torch.equal(out[0], torch.full((2,), 2.0)) and g.stats == {"eager": 1, "captures": 0, "replays": 0}
+    g((torch.tensor([0, 3]),), lambda x: (x,), torch.ones(2))  # equal values, new tensor: a new key
+    assert g.stats["eager"] == 2 and g._calls == 1
+
+
+def test_release_all_resets_every_instance():
+    a, b = LayerGraphs("a"), LayerGraphs("b")
+    x = torch.ones(1)
+    for g in (a, b):
+        g((x,), lambda t: (t,), x)
+    assert a._calls == b._calls == 1
+    release_all()
+    assert a._key is None and b._key is None and a._calls == b._calls == 0
