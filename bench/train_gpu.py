@@ -169,6 +169,9 @@ def run_one(cfg, name, T, docs, dev, rate, ac) -> dict:
     try:
         dt, peak, loss, host = h1r_step_time(cfg, T, docs, dev, ac=ac)
     except torch.OutOfMemoryError:
+        from h1r.model.kernels.graphs import release_all
+
+        release_all()  # a capture cut short must not keep its buffers into the next row
         gc.collect()
         torch.cuda.empty_cache()
         return {"preset": name, "tokens": T, "activation_checkpointing": ac, "error": "out of memory"}
@@ -216,16 +219,17 @@ def hf_step_time(cfg, T, dev, steps=1):
 
 def time_variant(cfg, T, docs, dev, ac, module, attr: str, value, flops_per_rate: float) -> dict:
     """The same step with module.attr = value (a fast path switched off or swapped), restored afterwards;
-    attr "A+B" sets both attributes to value."""
+    attr "A+B" sets both attributes to value; module may be a list of modules, one per attribute."""
     attrs = attr.split("+")
-    saved = [getattr(module, a) for a in attrs]
-    for a in attrs:
-        setattr(module, a, value)
+    modules = module if isinstance(module, list) else [module] * len(attrs)
+    saved = [getattr(m, a) for m, a in zip(modules, attrs)]
+    for m, a in zip(modules, attrs):
+        setattr(m, a, value)
     try:
         dt, _, loss, host = h1r_step_time(cfg, T, docs, dev, ac=ac)
     finally:
-        for a, v in zip(attrs, saved):
-            setattr(module, a, v)
+        for m, a, v in zip(modules, attrs, saved):
+            setattr(m, a, v)
     return {"seconds": dt, "tok_s": T / dt, "host_queue_seconds": host, "loss": loss, "MFU": flops_per_rate / dt}
 
 
@@ -249,6 +253,12 @@ def main(argv=None):
     ap.add_argument("--fp32-norm-lengths", default="",
                     help="also time these lengths with the norms returning fp32 under autocast (H1R_HALF_NORM=0's "
                          "path: each Linear casts its own copy)")
+    ap.add_argument("--no-graph-lengths", default="",
+                    help="also time these lengths with the SSD and conv called op by op in every layer, not "
+                         "replayed from CUDA graphs (H1R_LAYER_GRAPHS=0's path)")
+    ap.add_argument("--eager-layers-lengths", default="",
+                    help="also time these lengths with the decoder layers run eagerly, not compiled whole "
+                         "(H1R_COMPILE_LAYERS=0's path)")
     ap.add_argument("--out", default="bench/results/train_gpu.json")
     ap.add_argument("--profile", action="store_true", help="profile steady-state steps of the first preset/length/ac")
     ap.add_argument("--sync-debug", action="store_true",
@@ -285,7 +295,9 @@ def main(argv=None):
                             ("ssd_eager", args.ssd_eager_lengths, SP, "COMPILE", False),
                             ("ssd_scan", args.ssd_scan_lengths, SP, "SCAN", True),
                             ("ssd_fused", args.ssd_fused_lengths, SP, "SCAN+FUSED", True),
-                            ("fp32_norm_out", args.fp32_norm_lengths, fh, "HALF_NORM_OUTPUT", False)]
+                            ("fp32_norm_out", args.fp32_norm_lengths, fh, "HALF_NORM_OUTPUT", False),
+                            ("no_layer_graphs", args.no_graph_lengths, [SP, TK], "GRAPHS+CONV_GRAPHS", False),
+                            ("eager_layers", args.eager_layers_lengths, fh, "COMPILE_LAYERS", False)]
                 for key, lengths, module, attr, value in variants:
                     if "error" not in r and str(T) in lengths.split(","):
                         r[key] = time_variant(cfg, T, docs, dev, ac, module, attr, value, r["model_flops"] / rate)
@@ -307,6 +319,8 @@ def main(argv=None):
                       + (f"  SSD fused+scan {r['ssd_fused']['tok_s']:.0f} tok/s ({100 * r['ssd_fused']['MFU']:.1f}%)"
                          if "ssd_fused" in r else "")
                       + (f"  fp32 norm output {r['fp32_norm_out']['tok_s']:.0f} tok/s" if "fp32_norm_out" in r else "")
+                      + (f"  no layer graphs {r['no_layer_graphs']['tok_s']:.0f} tok/s" if "no_layer_graphs" in r else "")
+                      + (f"  eager layers {r['eager_layers']['tok_s']:.0f} tok/s" if "eager_layers" in r else "")
                       + (f"  (queued in {r['host_queue_seconds'] / r['seconds']:.0%} of the step)" if "seconds" in r else ""),
                       flush=True)
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # after every run: a cut-off run keeps its rows

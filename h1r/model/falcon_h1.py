@@ -46,6 +46,8 @@ def fused_when_training(feature_dims: int):
         def run(*args):
             nonlocal compiled
             x = args[0]
+            if torch.compiler.is_compiling():  # inside a compiled layer (COMPILE_LAYERS): traced with it
+                return fn(*args)
             if COMPILE_TRAINING and x.is_cuda and torch.is_grad_enabled() and \
                     x.numel() // math.prod(x.shape[-feature_dims:]) >= COMPILE_MIN_TOKENS:
                 if compiled is None:
@@ -319,6 +321,28 @@ class FalconH1Model(nn.Module):
         self.final_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
+# Training on CUDA compiles each decoder layer whole, so its eager ops (projections, residual adds, casts) and
+# the glue above trace into a few graphs instead of ~200 launches per layer from Python: the step was waiting
+# on the host. The SSD, conv and attention kernels stay graph breaks (kernels/train.py). One compiled code
+# object serves every layer. Ints such as the longest document of a step's layout should turn dynamic after
+# they first change (automatic dynamic), not recompile each step: untested on a GPU, where every bench step
+# packs the same documents (past torch's recompile limit a frame runs eagerly). H200, 16k tokens, one process
+# (bench/results/train_gpu_2026-12-04c.json): 1.5B-deep 20,438 -> 24,229 tok/s without checkpointing, 15,770 ->
+# 17,712 with; 0.5B 41,951 -> 50,156 without, but 37,083 -> 35,409 with. H1R_COMPILE_LAYERS=0: layers run eagerly.
+COMPILE_LAYERS = flag("H1R_COMPILE_LAYERS", True)
+
+
+def _call_layer(layer, h, cos, sin, ctx):
+    return layer(h, cos, sin, ctx)
+
+
+@functools.cache
+def _compiled_layer():
+    # layer_idx is read (not used) on the training path: without this every layer would be a recompile
+    torch._dynamo.config.allow_unspec_int_on_nn_module = True
+    return torch.compile(_call_layer)
+
+
 class FalconH1ForCausalLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -356,11 +380,12 @@ class FalconH1ForCausalLM(nn.Module):
             h = h * self.embedding_multiplier
         cfg = self.config
         cos, sin = rope_cos_sin(ctx.positions, cfg.attn_head_dim, cfg.rope_theta, h.dtype)
+        run_layer = _compiled_layer() if COMPILE_LAYERS and h.is_cuda and torch.is_grad_enabled() else _call_layer
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training:
-                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, ctx, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(run_layer, layer, h, cos, sin, ctx, use_reentrant=False)
             else:
-                h = layer(h, cos, sin, ctx)
+                h = run_layer(layer, h, cos, sin, ctx)
         ctx.finish()
         return self.model.final_layernorm(h)
 

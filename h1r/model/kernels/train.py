@@ -12,6 +12,7 @@ import os
 import torch
 
 from h1r.errors import ConfigError
+from h1r.utils.env import flag
 
 CALLS = {"attention": 0, "conv": 0, "ssd": 0}  # lets tests prove the kernels, not the reference, ran
 
@@ -60,10 +61,82 @@ class _VarlenFlash(torch.autograd.Function):
 
 def varlen_causal_attention(q, k, v, cu: torch.Tensor, max_len: int, scale: float) -> torch.Tensor:
     """q [N,Hq,d], k/v [N,Hkv,d] packed by `cu` -> [N,Hq,d]; causal within each document, GQA native."""
-    CALLS["attention"] += 1
+    if not torch.compiler.is_compiling():  # a counter read inside a compiled layer would be a guard per value
+        CALLS["attention"] += 1
     return _VarlenFlash.apply(q.contiguous(), k.contiguous(), v.contiguous(), cu, max_len, scale)
 
 
+# fla's varlen conv, forward and backward, replayed from one CUDA graph per step for every layer after the
+# second (kernels/graphs.py); 0 calls it op by op. H1R_LAYER_GRAPHS sets this and ssd_packed.GRAPHS.
+CONV_GRAPHS = flag("H1R_LAYER_GRAPHS", True)
+_conv_graphs: dict = {}
+_chunk_index: tuple | None = None  # (cu, fla's chunk index table for cu): one step's documents
+
+
+def _fla_chunk_index(cu: torch.Tensor) -> torch.Tensor:
+    """fla's chunk table for `cu`, built once per step (it reads cu on the host, which no graph may do)."""
+    global _chunk_index
+    if _chunk_index is None or _chunk_index[0] is not cu:
+        from fla.ops.utils.index import prepare_chunk_indices
+
+        _chunk_index = (cu, prepare_chunk_indices(cu, FLA_CONV_CHUNK))
+    return _chunk_index[1]
+
+
+FLA_CONV_CHUNK = 64  # fla's default chunk of tokens per conv program
+
+
+def _layer_graphs(kind: str):
+    from h1r.model.kernels.graphs import LayerGraphs
+
+    if kind not in _conv_graphs:
+        _conv_graphs[kind] = LayerGraphs(kind)
+    return _conv_graphs[kind]
+
+
+class _GraphedConv(torch.autograd.Function):
+    """silu(causal conv) over packed documents through fla's forward and backward functions, each replayed
+    from a CUDA graph shared by the step's layers."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, cu):  # x [1, N, C], w [C, K], b [C] or None, all in x's dtype
+        from fla.modules.causal_conv1d.ops import causal_conv1d_fwd
+
+        idx = _fla_chunk_index(cu)
+
+        def fwd(x, w, *b):
+            return causal_conv1d_fwd(x=x, weight=w, bias=b[0] if b else None, residual=None, activation="silu",
+                                     cu_seqlens=cu, chunk_indices=idx, chunk_size=FLA_CONV_CHUNK)[:1]
+
+        args = (x, w) + ((b,) if b is not None else ())
+        # the key holds cu and idx: the graph reads both, so they must outlive it
+        key = (cu, idx, *((t.shape, t.dtype) for t in args))
+        (y,) = _layer_graphs("conv.forward")(key, fwd, *args)
+        ctx.save_for_backward(*args)
+        ctx.cu = cu
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        from fla.modules.causal_conv1d.ops import causal_conv1d_bwd
+
+        args = ctx.saved_tensors
+        cu = ctx.cu
+        idx = _fla_chunk_index(cu)
+
+        def bwd(dy, x, w, *b):
+            dx, dw, db, _, _ = causal_conv1d_bwd(x=x, dy=dy, dht=None, weight=w, bias=b[0] if b else None,
+                                                 residual=None, initial_state=None, activation="silu",
+                                                 cu_seqlens=cu, chunk_indices=idx, chunk_size=FLA_CONV_CHUNK)
+            return (dx, dw) + ((db,) if b else ())
+
+        key = (cu, idx, *((t.shape, t.dtype) for t in (dy,) + args))
+        grads = _layer_graphs("conv.backward")(key, bwd, dy, *args)
+        return grads[0], grads[1], grads[2] if len(grads) > 2 else None, None
+
+
+# a graph break inside a compiled layer (COMPILE_LAYERS): fla's kernels and the CUDA graphs run as they are
+@torch.compiler.disable
 def conv_varlen(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cu: torch.Tensor) -> torch.Tensor:
     """x [N, C] (pre-conv xBC of packed documents) -> silu(causal depthwise conv) [N, C]; no state crosses a
     document boundary."""
@@ -72,6 +145,8 @@ def conv_varlen(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     CALLS["conv"] += 1
     w = weight.to(x.dtype)
     b = bias.to(x.dtype) if bias is not None else None
+    if CONV_GRAPHS and x.is_cuda and not torch.cuda.is_current_stream_capturing():
+        return _GraphedConv.apply(x[None], w, b, cu)[0]
     y, _ = causal_conv1d(x[None], weight=w, bias=b, activation="silu", cu_seqlens=cu)
     return y[0]
 
@@ -81,6 +156,7 @@ def conv_varlen(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 SSD_KERNEL = os.environ.get("H1R_TRAIN_SSD", "chunked")
 
 
+@torch.compiler.disable  # as conv_varlen
 def ssd_varlen(x, dt, A, B, C, cu: torch.Tensor, doc: torch.Tensor | None = None, chunk_size: int = 128) -> torch.Tensor:
     """x [N,H,P], dt [N,H] (after softplus), A [H], B/C [N,G,Ns] -> y [N,H,P] fp32 (no D skip), with grads.
 
