@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from h1r.train.distributed import DistInfo, all_reduce_sum, local_grad_norm_to_float
 from h1r.train.grpo_loss import per_token_loss, truncated_is_weight
+from h1r.train.loss import scored_positions
 
 
 class PolicyLogprobs(nn.Module):
@@ -30,19 +31,20 @@ class PolicyLogprobs(nn.Module):
         """input_ids [B,T], target_mask [B,T] bool (token t scored, predicted at t-1) -> (logp [n],
         entropy [n] (detached unless entropy_grad), logp at temperature 1 [n]), n in row-major order of
         target_mask[:, 1:]."""
+        B, T = input_ids.shape
+        flat = scored_positions(target_mask)  # before the forward (it waits for the GPU)
         h = self.lm.hidden_states(input_ids, attention_mask=attention_mask, reset=reset)  # [B,T,D]
-        sel = target_mask[:, 1:]  # [B,T-1]
+        hs, tg = h.reshape(B * T, -1).index_select(0, flat), input_ids.reshape(-1)[flat + 1]  # [n,D], [n]
         fused = self.fused if self.fused is not None else (h.is_cuda and not self.entropy_grad)
         if fused:
             from h1r.train.fused_ce import token_entropy, token_logprobs
 
-            hs, tg = h[:, :-1][sel], input_ids[:, 1:][sel]
             w, m = self.lm.lm_head.weight, self.lm.lm_head_multiplier
             logp = token_logprobs(hs, w, tg, m / self.temperature)
             raw = logp if self.temperature == 1.0 else token_logprobs(hs, w, tg, m)
             return logp, token_entropy(hs.detach(), w.detach(), m / self.temperature), raw
-        logits = self.lm.compute_logits(h[:, :-1][sel]).float()  # [n,V]
-        targets = input_ids[:, 1:][sel][:, None]  # [n,1]
+        logits = self.lm.compute_logits(hs).float()  # [n,V]
+        targets = tg[:, None]  # [n,1]
         lp_t = F.log_softmax(logits / self.temperature, dim=-1)  # [n,V]
         logp = lp_t.gather(1, targets).flatten().clone()  # not a view: FSDP2 hooks the outputs
         with torch.set_grad_enabled(self.entropy_grad and torch.is_grad_enabled()):

@@ -18,6 +18,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def scored_positions(target_mask: torch.Tensor) -> torch.Tensor:
+    """target_mask [B,T] (token t scored, predicted at t-1) -> [n] indices into the flattened [B*T] positions
+    that predict a scored token, row-major (the order of target_mask[:, 1:][mask]).
+
+    Finding them waits for the GPU: call it before the forward, when nothing of this step is queued yet,
+    not after it, where the wait would hold back the backward's launches."""
+    T = target_mask.shape[1]
+    pos = target_mask[:, 1:].nonzero()  # [n, 2] (row, t): token t+1 is scored
+    return pos[:, 0] * T + pos[:, 1]
+
+
 class TokenNLL(nn.Module):
     def __init__(self, lm: nn.Module, fused: bool | None = None):
         """fused: compute the NLL through h1r.train.fused_ce (no [n, V] logits); default on CUDA."""
@@ -28,11 +39,8 @@ class TokenNLL(nn.Module):
     def forward(self, input_ids, target_mask, attention_mask=None, reset=None) -> torch.Tensor:
         """input_ids [B,T], target_mask [B,T] bool (token t supervised, predicted at t-1) ->
         nll [n] fp32 in row-major order of target_mask[:, 1:]."""
-        # the supervised positions first: finding them waits for the GPU, which costs nothing here, before
-        # any of this step's work is queued, but after the forward it would hold the backward's launches back
         B, T = input_ids.shape
-        pos = target_mask[:, 1:].nonzero()  # [n, 2] (row, t) with token t+1 supervised, row-major
-        flat = pos[:, 0] * T + pos[:, 1]  # [n] index into the flattened [B*T] positions
+        flat = scored_positions(target_mask)  # before the forward: see scored_positions
         h = self.lm.hidden_states(input_ids, attention_mask=attention_mask, reset=reset)  # [B,T,D]
         h_sel = h.reshape(B * T, -1).index_select(0, flat)  # [n,D]
         targets = input_ids.reshape(-1)[flat + 1]  # [n]
