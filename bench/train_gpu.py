@@ -259,6 +259,9 @@ def main(argv=None):
     ap.add_argument("--eager-layers-lengths", default="",
                     help="also time these lengths with the decoder layers run eagerly, not compiled whole "
                          "(H1R_COMPILE_LAYERS=0's path)")
+    ap.add_argument("--doc-conv-lengths", default="",
+                    help="also time these lengths with the conv read from the document index "
+                         "(H1R_DOC_CONV=1's kernels/doc_conv.py instead of fla's)")
     ap.add_argument("--out", default="bench/results/train_gpu.json")
     ap.add_argument("--profile", action="store_true", help="profile steady-state steps of the first preset/length/ac")
     ap.add_argument("--sync-debug", action="store_true",
@@ -297,7 +300,8 @@ def main(argv=None):
                             ("ssd_fused", args.ssd_fused_lengths, SP, "SCAN+FUSED", True),
                             ("fp32_norm_out", args.fp32_norm_lengths, fh, "HALF_NORM_OUTPUT", False),
                             ("no_layer_graphs", args.no_graph_lengths, [SP, TK], "GRAPHS+CONV_GRAPHS", False),
-                            ("eager_layers", args.eager_layers_lengths, fh, "COMPILE_LAYERS", False)]
+                            ("eager_layers", args.eager_layers_lengths, fh, "COMPILE_LAYERS", False),
+                            ("doc_conv", args.doc_conv_lengths, TK, "DOC_CONV", True)]
                 for key, lengths, module, attr, value in variants:
                     if "error" not in r and str(T) in lengths.split(","):
                         r[key] = time_variant(cfg, T, docs, dev, ac, module, attr, value, r["model_flops"] / rate)
@@ -321,6 +325,7 @@ def main(argv=None):
                       + (f"  fp32 norm output {r['fp32_norm_out']['tok_s']:.0f} tok/s" if "fp32_norm_out" in r else "")
                       + (f"  no layer graphs {r['no_layer_graphs']['tok_s']:.0f} tok/s" if "no_layer_graphs" in r else "")
                       + (f"  eager layers {r['eager_layers']['tok_s']:.0f} tok/s" if "eager_layers" in r else "")
+                      + (f"  doc conv {r['doc_conv']['tok_s']:.0f} tok/s" if "doc_conv" in r else "")
                       + (f"  (queued in {r['host_queue_seconds'] / r['seconds']:.0%} of the step)" if "seconds" in r else ""),
                       flush=True)
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # after every run: a cut-off run keeps its rows

@@ -366,8 +366,8 @@ def test_varlen_ssd_and_attention_on_gpu(lens):
 
 
 @pytest.mark.skipif(DEV != "cuda", reason="the training kernels need CUDA")
-@pytest.mark.parametrize("compile_layers", [False, True])
-def test_training_path_matches_reference_values_and_gradients(compile_layers, monkeypatch):
+@pytest.mark.parametrize("compile_layers,doc_conv", [(False, False), (True, False), (False, True)])
+def test_training_path_matches_reference_values_and_gradients(compile_layers, doc_conv, monkeypatch):
     """bf16 autocast training step over packed documents: kernels (fla conv/SSD, varlen flash attention,
     fused cross-entropy) against the plain reference path."""
     pytest.importorskip("fla")
@@ -389,16 +389,17 @@ def test_training_path_matches_reference_values_and_gradients(compile_layers, mo
     compile_was = fh.COMPILE_TRAINING, fh.COMPILE_MIN_TOKENS
     fh.COMPILE_MIN_TOKENS = 0  # these 300 tokens would otherwise stay eager
 
+    from h1r.model.kernels import train as TK
+
     def run(kernels, half=True):  # the reference runs also leave the glue uncompiled (eager PyTorch)
         ctx_mod.USE_TRAIN_KERNELS = fh.COMPILE_TRAINING = kernels
         monkeypatch.setattr(fh, "COMPILE_LAYERS", kernels and compile_layers)
+        monkeypatch.setattr(TK, "DOC_CONV", doc_conv)
         model.zero_grad()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=half):
             loss = TokenNLL(model, fused=kernels)(ids, mask, reset=reset).mean()
         loss.backward()
         return loss.item(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
-
-    from h1r.model.kernels import train as TK
 
     before = dict(TK.CALLS)
     try:

@@ -262,7 +262,7 @@ class Mamba2Mixer(nn.Module):
 
         b, T, _ = xBC.shape
         n = b * T
-        xc = conv_varlen(xBC.reshape(n, -1), self.conv1d.weight[:, 0], self.conv1d.bias, cu)
+        xc = conv_varlen(xBC.reshape(n, -1), self.conv1d.weight[:, 0], self.conv1d.bias, cu, doc)
         x, B, C = xc.split([self.d_ssm, self.n_groups * self.d_state, self.n_groups * self.d_state], dim=-1)
         x = x.reshape(n, self.n_heads, self.head_dim)
         A = -torch.exp(self.A_log.float())

@@ -135,14 +135,24 @@ class _GraphedConv(torch.autograd.Function):
         return grads[0], grads[1], grads[2] if len(grads) > 2 else None, None
 
 
+# H1R_DOC_CONV=1: the conv through kernels/doc_conv.py, whose launch depends on the token count only (the
+# documents are data), the step toward one CUDA graph per training step; correct under the tests, untimed.
+DOC_CONV = flag("H1R_DOC_CONV", False)
+
+
 # a graph break inside a compiled layer (COMPILE_LAYERS): fla's kernels and the CUDA graphs run as they are
 @torch.compiler.disable
-def conv_varlen(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cu: torch.Tensor) -> torch.Tensor:
+def conv_varlen(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cu: torch.Tensor,
+                doc: torch.Tensor | None = None) -> torch.Tensor:
     """x [N, C] (pre-conv xBC of packed documents) -> silu(causal depthwise conv) [N, C]; no state crosses a
-    document boundary."""
+    document boundary. doc [N]: the document index per token (DOC_CONV's kernel reads it instead of cu)."""
     from fla.modules.causal_conv1d import causal_conv1d
 
     CALLS["conv"] += 1
+    if DOC_CONV and doc is not None:
+        from h1r.model.kernels.doc_conv import doc_conv
+
+        return doc_conv(x, weight, bias, doc)  # the fp32 weight and bias, read as they are
     w = weight.to(x.dtype)
     b = bias.to(x.dtype) if bias is not None else None
     if CONV_GRAPHS and x.is_cuda and not torch.cuda.is_current_stream_capturing():
