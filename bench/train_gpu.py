@@ -96,12 +96,9 @@ def sync_sites(step) -> collections.Counter:
     return sites
 
 
-def h1r_step_time(cfg, T, docs, dev, steps=3, ac=True, profile=False, sync_debug=False):
-    """Seconds per SFT step (after one warm-up step), peak GB, loss, and seconds per step until the host had
-    queued the timed steps (close to the step time when the host is the bottleneck, or when something in
-    the step synchronises). `ac`: per-layer activation checkpointing.
-    `profile`: print the top CUDA kernels of the timed steps (steady state: no compile, no optimizer init).
-    `sync_debug`: print where one steady-state step synchronises with the GPU (sync_sites)."""
+def sft_setup(cfg, T, docs, dev, ac, capturable=False):
+    """A fresh fp32 model (per-layer checkpointing if `ac`), its loss module and fused AdamW, and one packed
+    row of T random tokens in documents of the given lengths, all supervised."""
     from h1r.checkpoint import init_model
     from h1r.train.loss import TokenNLL
 
@@ -109,7 +106,7 @@ def h1r_step_time(cfg, T, docs, dev, steps=3, ac=True, profile=False, sync_debug
     model.gradient_checkpointing = ac
     model.train()
     lossmod = TokenNLL(model, fused=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True, capturable=capturable)
     ids = torch.randint(10, cfg.vocab_size - 1, (1, T), device=dev)
     reset = torch.zeros(1, T, dtype=torch.bool, device=dev)
     pos = 0
@@ -117,6 +114,70 @@ def h1r_step_time(cfg, T, docs, dev, steps=3, ac=True, profile=False, sync_debug
         reset[0, pos] = True
         pos += n
     mask = torch.ones(1, T, dtype=torch.bool, device=dev)
+    return model, lossmod, opt, ids, reset, mask
+
+
+def graphed_step_time(cfg, T, docs, dev, ac, steps=5) -> dict:
+    """The same SFT step captured whole in one CUDA graph (forward, backward, clipping, AdamW) and replayed:
+    what the step costs with no host in the loop, an upper bound for the eager step. It replays one fixed
+    document layout (the model's context and the scored positions are built once, outside the graph), so it
+    measures, it does not train: real steps change the layout."""
+    from h1r.model.context import DenseContext
+    from h1r.model.kernels.graphs import release_all
+    from h1r.train.loss import scored_positions
+
+    model, lossmod, opt, ids, reset, mask = sft_setup(cfg, T, docs, dev, ac, capturable=True)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)  # no weight-cast cache in a graph
+    with autocast:
+        ctx = DenseContext(None, ids.shape, dev, None, reset, None)  # its cu/max_len read on the host, here
+    positions = scored_positions(mask)
+
+    def body():
+        with autocast:
+            loss = lossmod(ids, mask, reset=reset, positions=positions, ctx=ctx).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: compile, autotune, optimizer state, fla's chunk table
+            for _ in range(3):
+                opt.zero_grad(set_to_none=True)
+                body()
+        torch.cuda.current_stream().wait_stream(side)
+        release_all()  # the per-layer graphs of the warm-up; inside the capture the kernels run as they are
+        graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            loss = body()
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        for _ in range(steps):
+            graph.replay()
+        torch.cuda.synchronize()
+        dt = (time.perf_counter() - t) / steps
+        return {"seconds": dt, "tok_s": T / dt, "loss": float(loss.detach()),
+                "peak_memory_GB": torch.cuda.max_memory_allocated() / 1e9}
+    except Exception as e:  # an experiment: report why it did not capture, keep the other rows
+        return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    finally:
+        del model, lossmod, opt
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def h1r_step_time(cfg, T, docs, dev, steps=3, ac=True, profile=False, sync_debug=False):
+    """Seconds per SFT step (after one warm-up step), peak GB, loss, and seconds per step until the host had
+    queued the timed steps (close to the step time when the host is the bottleneck, or when something in
+    the step synchronises). `ac`: per-layer activation checkpointing.
+    `profile`: print the top CUDA kernels of the timed steps (steady state: no compile, no optimizer init).
+    `sync_debug`: print where one steady-state step synchronises with the GPU (sync_sites)."""
+    model, lossmod, opt, ids, reset, mask = sft_setup(cfg, T, docs, dev, ac)
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -262,6 +323,8 @@ def main(argv=None):
     ap.add_argument("--doc-conv-lengths", default="",
                     help="also time these lengths with the conv read from the document index "
                          "(H1R_DOC_CONV=1's kernels/doc_conv.py instead of fla's)")
+    ap.add_argument("--graph-step-lengths", default="",
+                    help="also time these lengths as one CUDA graph per step (fixed layout; graphed_step_time)")
     ap.add_argument("--out", default="bench/results/train_gpu.json")
     ap.add_argument("--profile", action="store_true", help="profile steady-state steps of the first preset/length/ac")
     ap.add_argument("--sync-debug", action="store_true",
@@ -305,6 +368,10 @@ def main(argv=None):
                 for key, lengths, module, attr, value in variants:
                     if "error" not in r and str(T) in lengths.split(","):
                         r[key] = time_variant(cfg, T, docs, dev, ac, module, attr, value, r["model_flops"] / rate)
+                if "error" not in r and str(T) in args.graph_step_lengths.split(","):
+                    r["graph_step"] = graphed_step_time(cfg, T, docs, dev, ac)
+                    if "seconds" in r["graph_step"]:
+                        r["graph_step"]["MFU"] = r["model_flops"] / r["graph_step"]["seconds"] / rate
                 if "error" not in r and ac == acs[0] and str(T) in args.hf_lengths.split(","):
                     hf = hf_step_time(cfg, T, dev)  # transformers needs gradient checkpointing to fit
                     r["transformers"] = hf
@@ -326,6 +393,8 @@ def main(argv=None):
                       + (f"  no layer graphs {r['no_layer_graphs']['tok_s']:.0f} tok/s" if "no_layer_graphs" in r else "")
                       + (f"  eager layers {r['eager_layers']['tok_s']:.0f} tok/s" if "eager_layers" in r else "")
                       + (f"  doc conv {r['doc_conv']['tok_s']:.0f} tok/s" if "doc_conv" in r else "")
+                      + (f"  one graph per step {r['graph_step']['tok_s']:.0f} tok/s" if "tok_s" in r.get("graph_step", {})
+                         else f"  graph step: {r['graph_step']['error']}" if "graph_step" in r else "")
                       + (f"  (queued in {r['host_queue_seconds'] / r['seconds']:.0%} of the step)" if "seconds" in r else ""),
                       flush=True)
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # after every run: a cut-off run keeps its rows

@@ -87,3 +87,24 @@ def test_token_nll_order_matches_boolean_selection(model):
     ref = torch.nn.functional.cross_entropy(logits[:, :-1][sel], ids[:, 1:][sel], reduction="none")
     assert nll.shape == ref.shape
     torch.testing.assert_close(nll, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_token_nll_takes_prebuilt_positions_and_context(model):
+    """A step captured in a CUDA graph builds the scored positions and the model's context first."""
+    from h1r.model.context import DenseContext
+    from h1r.train.loss import scored_positions
+
+    torch.manual_seed(4)
+    B, T = 2, 40
+    ids = torch.randint(5, model.config.vocab_size, (B, T))
+    mask = torch.rand(B, T) < 0.6
+    reset = torch.zeros(B, T, dtype=torch.bool)
+    reset[:, 0] = True
+    reset[1, 17] = True
+    with torch.no_grad():
+        plain = TokenNLL(model, fused=False)(ids, mask, reset=reset)
+        ctx = DenseContext(None, ids.shape, ids.device, None, reset, None)
+        pre = TokenNLL(model, fused=False)(ids, mask, reset=reset, positions=scored_positions(mask), ctx=ctx)
+        wrong = TokenNLL(model, fused=False)(ids, mask, reset=reset, ctx=DenseContext(None, ids.shape, ids.device))
+    assert torch.equal(plain, pre)
+    assert not torch.allclose(plain, wrong)  # the context is really used: without the resets it differs

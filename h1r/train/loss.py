@@ -36,12 +36,16 @@ class TokenNLL(nn.Module):
         self.lm = lm
         self.fused = fused
 
-    def forward(self, input_ids, target_mask, attention_mask=None, reset=None) -> torch.Tensor:
+    def forward(self, input_ids, target_mask, attention_mask=None, reset=None, positions=None,
+                ctx=None) -> torch.Tensor:
         """input_ids [B,T], target_mask [B,T] bool (token t supervised, predicted at t-1) ->
-        nll [n] fp32 in row-major order of target_mask[:, 1:]."""
+        nll [n] fp32 in row-major order of target_mask[:, 1:].
+
+        positions (scored_positions(target_mask)) and ctx (the model's context for these inputs) may be
+        built beforehand: a step captured in a CUDA graph cannot wait for the GPU inside."""
         B, T = input_ids.shape
-        flat = scored_positions(target_mask)  # before the forward: see scored_positions
-        h = self.lm.hidden_states(input_ids, attention_mask=attention_mask, reset=reset)  # [B,T,D]
+        flat = scored_positions(target_mask) if positions is None else positions  # before the forward
+        h = self.lm.hidden_states(input_ids, attention_mask=attention_mask, reset=reset, ctx=ctx)  # [B,T,D]
         h_sel = h.reshape(B * T, -1).index_select(0, flat)  # [n,D]
         targets = input_ids.reshape(-1)[flat + 1]  # [n]
         if self.fused if self.fused is not None else h.is_cuda:

@@ -157,7 +157,9 @@ def conv_varlen(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     b = bias.to(x.dtype) if bias is not None else None
     if CONV_GRAPHS and x.is_cuda and not torch.cuda.is_current_stream_capturing():
         return _GraphedConv.apply(x[None], w, b, cu)[0]
-    y, _ = causal_conv1d(x[None], weight=w, bias=b, activation="silu", cu_seqlens=cu)
+    # the chunk table built once per step here, not by fla from cu on the host (no wait inside a graph capture)
+    y, _ = causal_conv1d(x[None], weight=w, bias=b, activation="silu", cu_seqlens=cu,
+                         chunk_indices=_fla_chunk_index(cu))
     return y[0]
 
 
