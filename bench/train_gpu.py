@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import gc
+import itertools
 import json
 import time
 import traceback
@@ -108,32 +109,35 @@ def sft_setup(cfg, T, docs, dev, ac, capturable=False):
     lossmod = TokenNLL(model, fused=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True, capturable=capturable)
     ids = torch.randint(10, cfg.vocab_size - 1, (1, T), device=dev)
-    reset = torch.zeros(1, T, dtype=torch.bool, device=dev)
-    pos = 0
-    for n in docs:
-        reset[0, pos] = True
-        pos += n
     mask = torch.ones(1, T, dtype=torch.bool, device=dev)
-    return model, lossmod, opt, ids, reset, mask
+    return model, lossmod, opt, ids, packed_reset(T, docs, dev), mask
 
 
-def graphed_step_time(cfg, T, docs, dev, ac, steps=5) -> dict:
-    """The same SFT step captured whole in one CUDA graph (forward, backward, clipping, AdamW) and replayed:
-    what the step costs with no host in the loop, an upper bound for the eager step. It replays one fixed
-    document layout (the model's context and the scored positions are built once, outside the graph), so it
-    measures, it does not train: real steps change the layout."""
+def packed_reset(T: int, docs: list[int], dev) -> torch.Tensor:
+    """[1, T] bool: True at each document's first token."""
+    reset = torch.zeros(1, T, dtype=torch.bool, device=dev)
+    reset[0, torch.tensor([0] + list(itertools.accumulate(docs))[:-1])] = True
+    return reset
+
+
+def graphed_step_time(cfg, T, docs, dev, ac, steps=5, capacity=64) -> dict:
+    """The same SFT step captured whole in one CUDA graph (the documents' description, forward, backward,
+    clipping, capturable AdamW) and replayed: the step with no host in the loop. The documents enter as data
+    (DenseContext's doc_capacity, the conv read from the document index), so after timing, a second layout
+    is copied in and the replay's loss is compared with an eager forward on it ("layout_change")."""
+    import h1r.model.kernels.train as TK
     from h1r.model.context import DenseContext
     from h1r.model.kernels.graphs import release_all
     from h1r.train.loss import scored_positions
 
     model, lossmod, opt, ids, reset, mask = sft_setup(cfg, T, docs, dev, ac, capturable=True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)  # no weight-cast cache in a graph
-    with autocast:
-        ctx = DenseContext(None, ids.shape, dev, None, reset, None)  # its cu/max_len read on the host, here
-    positions = scored_positions(mask)
+    positions = scored_positions(mask)  # every position is scored here: a fixed count
+    doc_conv_was, TK.DOC_CONV = TK.DOC_CONV, True  # fla's conv reads the layout on the host
 
     def body():
         with autocast:
+            ctx = DenseContext(None, ids.shape, dev, None, reset, None, doc_capacity=capacity)
             loss = lossmod(ids, mask, reset=reset, positions=positions, ctx=ctx).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -143,7 +147,7 @@ def graphed_step_time(cfg, T, docs, dev, ac, steps=5) -> dict:
     try:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up: compile, autotune, optimizer state, fla's chunk table
+        with torch.cuda.stream(side):  # warm-up: compile, autotune, optimizer state
             for _ in range(3):
                 opt.zero_grad(set_to_none=True)
                 body()
@@ -161,11 +165,18 @@ def graphed_step_time(cfg, T, docs, dev, ac, steps=5) -> dict:
             graph.replay()
         torch.cuda.synchronize()
         dt = (time.perf_counter() - t) / steps
-        return {"seconds": dt, "tok_s": T / dt, "loss": float(loss.detach()),
-                "peak_memory_GB": torch.cuda.max_memory_allocated() / 1e9}
+        out = {"seconds": dt, "tok_s": T / dt, "loss": float(loss.detach()),
+               "peak_memory_GB": torch.cuda.max_memory_allocated() / 1e9}
+        reset.copy_(packed_reset(T, documents(T, torch.Generator().manual_seed(1)), dev))  # another layout
+        with torch.no_grad(), autocast:
+            eager = float(lossmod(ids, mask, reset=reset).mean())  # the current weights, read op by op
+        graph.replay()  # its loss is taken before its own optimizer step: the same weights
+        out["layout_change"] = {"graph_loss": float(loss.detach()), "eager_loss": eager}
+        return out
     except Exception as e:  # an experiment: report why it did not capture, keep the other rows
         return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
     finally:
+        TK.DOC_CONV = doc_conv_was
         del model, lossmod, opt
         gc.collect()
         torch.cuda.empty_cache()
@@ -324,7 +335,7 @@ def main(argv=None):
                     help="also time these lengths with the conv read from the document index "
                          "(H1R_DOC_CONV=1's kernels/doc_conv.py instead of fla's)")
     ap.add_argument("--graph-step-lengths", default="",
-                    help="also time these lengths as one CUDA graph per step (fixed layout; graphed_step_time)")
+                    help="also time these lengths as one CUDA graph per step (graphed_step_time)")
     ap.add_argument("--out", default="bench/results/train_gpu.json")
     ap.add_argument("--profile", action="store_true", help="profile steady-state steps of the first preset/length/ac")
     ap.add_argument("--sync-debug", action="store_true",

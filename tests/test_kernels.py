@@ -459,3 +459,38 @@ def test_graphed_training_conv_equals_op_by_op(bias, monkeypatch):
         assert not torch.equal(runs[True][1][0], runs[True][2][0])
         for kind in ("conv.forward", "conv.backward"):
             assert TK._conv_graphs[kind].stats == {"eager": i + 1, "captures": i + 1, "replays": 3 * (i + 1)}
+
+
+@pytest.mark.skipif(DEV != "cuda", reason="the training kernels need CUDA")
+@pytest.mark.parametrize("doc_conv", [False, True])
+def test_static_document_context_equals_the_dynamic_one(doc_conv, monkeypatch):
+    """DenseContext(doc_capacity=...): cu padded with empty documents and the longest document taken as T
+    (nothing read on the host) gives the training step the same loss and gradients."""
+    pytest.importorskip("fla")
+    from h1r.checkpoint import init_model
+    from h1r.config import preset
+    from h1r.model.context import DenseContext
+    from h1r.model.kernels import train as TK
+    from h1r.train.loss import TokenNLL
+
+    monkeypatch.setattr(TK, "DOC_CONV", doc_conv)
+    model = init_model(preset("tiny", vocab_size=300, mamba_chunk_size=32, mamba_n_groups=2), seed=2, device=DEV)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 300, (2, 150), generator=g).to(DEV)
+    reset = torch.zeros(2, 150, dtype=torch.bool, device=DEV)
+    reset[0, [0, 31, 32, 97]] = True
+    reset[1, [0, 70]] = True
+    mask = torch.ones(2, 150, dtype=torch.bool, device=DEV)
+    out = []
+    for capacity in (None, 16):
+        model.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            ctx = DenseContext(None, ids.shape, ids.device, None, reset, None, doc_capacity=capacity)
+            loss = TokenNLL(model, fused=True)(ids, mask, reset=reset, ctx=ctx).mean()
+        loss.backward()
+        if capacity:
+            assert ctx.cu.numel() == capacity + 1 and ctx.max_len == 150
+        out.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert abs(out[0][0] - out[1][0]) < 1e-4 * abs(out[0][0])
+    for name, a in out[0][1].items():
+        assert rel(out[1][1][name], a) < 1e-3, name

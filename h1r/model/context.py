@@ -52,7 +52,11 @@ class HybridState:
 class DenseContext:
     """Attention and Mamba mixing over plain tensors, with optional padding, packing and a HybridState."""
 
-    def __init__(self, state: HybridState | None, shape, device, attention_mask=None, reset=None, position_ids=None):
+    def __init__(self, state: HybridState | None, shape, device, attention_mask=None, reset=None, position_ids=None,
+                 doc_capacity: int | None = None):
+        """doc_capacity: on the training kernels' path, describe the documents in fixed shapes (at most this
+        many documents; the longest taken as T) and read nothing on the host, so a CUDA graph captured with
+        this context serves any layout of the same shape (kernels/train.py: cu_seqlens_static)."""
         B, T = shape
         self.state, self.T = state, T
         self.valid = attention_mask.bool() if attention_mask is not None else None
@@ -80,9 +84,13 @@ class DenseContext:
             if K.fla_available():
                 from h1r.model.ssd_packed import doc_ids_from_cu
 
-                self.cu = K.cu_seqlens_from((B, T), self.reset, self.valid, device)
-                self.doc = doc_ids_from_cu(self.cu, B * T)
-                self.max_len = int((self.cu[1:] - self.cu[:-1]).max())
+                if doc_capacity is not None:
+                    self.cu, self.doc = K.cu_seqlens_static((B, T), self.reset, self.valid, doc_capacity, device)
+                    self.max_len = T
+                else:
+                    self.cu = K.cu_seqlens_from((B, T), self.reset, self.valid, device)
+                    self.doc = doc_ids_from_cu(self.cu, B * T)
+                    self.max_len = int((self.cu[1:] - self.cu[:-1]).max())
                 self.half_dtype = torch.get_autocast_dtype(device.type)
         new_valid = self.valid if self.valid is not None else torch.ones(B, T, dtype=torch.bool, device=device)
         past = state.kv_valid if state is not None else torch.zeros(B, 0, dtype=torch.bool, device=device)

@@ -26,9 +26,9 @@ def fla_available() -> bool:
     return True
 
 
-def cu_seqlens_from(shape, reset: torch.Tensor | None, valid: torch.Tensor | None, device) -> torch.Tensor:
-    """Document boundaries of a [B,T] batch flattened to one row: every row start, every reset, and every
-    switch between padding and tokens (so padding forms documents of its own)."""
+def _document_starts(shape, reset: torch.Tensor | None, valid: torch.Tensor | None, device) -> torch.Tensor:
+    """[B*T] bool: every row start, every reset, and every switch between padding and tokens (so padding
+    forms documents of its own)."""
     B, T = shape
     starts = torch.zeros(B, T, dtype=torch.bool, device=device)
     starts[:, 0] = True
@@ -36,8 +36,25 @@ def cu_seqlens_from(shape, reset: torch.Tensor | None, valid: torch.Tensor | Non
         starts |= reset
     if valid is not None:
         starts[:, 1:] |= valid[:, 1:] != valid[:, :-1]
-    idx = starts.flatten().nonzero()[:, 0]
-    return torch.cat([idx, torch.tensor([B * T], device=device)])
+    return starts.flatten()
+
+
+def cu_seqlens_from(shape, reset: torch.Tensor | None, valid: torch.Tensor | None, device) -> torch.Tensor:
+    """Document boundaries of a [B,T] batch flattened to one row (see _document_starts)."""
+    idx = _document_starts(shape, reset, valid, device).nonzero()[:, 0]
+    return torch.cat([idx, torch.tensor([shape[0] * shape[1]], device=device)])
+
+
+def cu_seqlens_static(shape, reset: torch.Tensor | None, valid: torch.Tensor | None, capacity: int,
+                      device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same boundaries in a fixed shape, computed without reading anything on the host (a CUDA graph can
+    replay it for any layout): cu [capacity+1], the unused tail repeating B*T (empty documents), and the
+    document index per token [B*T]. More than `capacity` documents is an error raised on the device."""
+    starts = _document_starts(shape, reset, valid, device)
+    n = starts.numel()
+    torch._assert_async(starts.sum() <= capacity, f"cu_seqlens_static: more than {capacity} documents")
+    idx = torch.nonzero_static(starts, size=capacity, fill_value=n)[:, 0]
+    return torch.cat([idx, idx.new_full((1,), n)]), starts.long().cumsum(0) - 1
 
 
 class _VarlenFlash(torch.autograd.Function):
