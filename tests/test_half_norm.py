@@ -108,3 +108,16 @@ def test_token_nll_takes_prebuilt_positions_and_context(model):
         wrong = TokenNLL(model, fused=False)(ids, mask, reset=reset, ctx=DenseContext(None, ids.shape, ids.device))
     assert torch.equal(plain, pre)
     assert not torch.allclose(plain, wrong)  # the context is really used: without the resets it differs
+
+
+def test_layers_compile_only_for_cuda_training(model, monkeypatch):
+    from types import SimpleNamespace
+
+    cuda_h = SimpleNamespace(is_cuda=True)
+    monkeypatch.setattr(FH, "COMPILE_LAYERS", True)
+    assert FH._compile_layers(model, cuda_h)
+    assert not FH._compile_layers(model, torch.zeros(1))  # CPU
+    with torch.no_grad():
+        assert not FH._compile_layers(model, cuda_h)  # forward-only calls stay eager
+    monkeypatch.setattr(FH, "COMPILE_LAYERS", False)
+    assert not FH._compile_layers(model, cuda_h)

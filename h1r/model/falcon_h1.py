@@ -336,6 +336,15 @@ def _call_layer(layer, h, cos, sin, ctx):
     return layer(h, cos, sin, ctx)
 
 
+def _compile_layers(lm, h) -> bool:
+    """Training on CUDA, layers not sharded by FSDP2 (compiling through its hooks is untested here)."""
+    if not (COMPILE_LAYERS and h.is_cuda and torch.is_grad_enabled()):
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return not isinstance(lm.model.layers[0], FSDPModule)
+
+
 @functools.cache
 def _compiled_layer():
     # layer_idx is read (not used) on the training path: without this every layer would be a recompile
@@ -380,7 +389,7 @@ class FalconH1ForCausalLM(nn.Module):
             h = h * self.embedding_multiplier
         cfg = self.config
         cos, sin = rope_cos_sin(ctx.positions, cfg.attn_head_dim, cfg.rope_theta, h.dtype)
-        run_layer = _compiled_layer() if COMPILE_LAYERS and h.is_cuda and torch.is_grad_enabled() else _call_layer
+        run_layer = _compiled_layer() if _compile_layers(self, h) else _call_layer
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training:
                 h = torch.utils.checkpoint.checkpoint(run_layer, layer, h, cos, sin, ctx, use_reentrant=False)
