@@ -104,7 +104,7 @@ def sft_setup(cfg, T, docs, dev, ac, capturable=False):
     from h1r.train.loss import TokenNLL
 
     model = init_model(cfg, seed=0, device=dev, dtype=torch.float32)
-    model.gradient_checkpointing = ac
+    model.set_activation_checkpointing(ac)
     model.train()
     lossmod = TokenNLL(model, fused=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True, capturable=capturable)
@@ -305,11 +305,30 @@ def time_variant(cfg, T, docs, dev, ac, module, attr: str, value, flops_per_rate
     return {"seconds": dt, "tok_s": T / dt, "host_queue_seconds": host, "loss": loss, "MFU": flops_per_rate / dt}
 
 
+def parse_ac(text: str) -> bool | float:
+    """--ac entries: on, off, or the fraction of layers to checkpoint (0.5)."""
+    if text in ("on", "off"):
+        return text == "on"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ac: {text!r} is not on, off or a fraction") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"--ac: {value} is not a fraction in (0, 1]")
+    return value
+
+
+def ac_label(ac: bool | float) -> str:
+    return ("on" if ac else "off") if isinstance(ac, bool) else f"{ac:g}"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", default="falcon-h1-0.5b,falcon-h1-1.5b-deep")
     ap.add_argument("--lengths", default="8192,16384,32768")
-    ap.add_argument("--ac", default="off,on", help="activation checkpointing settings to time: off, on, or off,on")
+    ap.add_argument("--ac", default="off,on",
+                    help="activation checkpointing settings to time, comma-separated: off, on, or a fraction of the "
+                         "layers (0.5)")
     ap.add_argument("--hf-lengths", default="8192")
     ap.add_argument("--eager-glue-lengths", default="",
                     help="also time these lengths with the torch.compile'd glue off (H1R_COMPILE=0's path)")
@@ -341,6 +360,10 @@ def main(argv=None):
     ap.add_argument("--sync-debug", action="store_true",
                     help="with --profile: first list where a step makes the host wait for the GPU")
     args = ap.parse_args(argv)
+    try:
+        acs = [parse_ac(a) for a in args.ac.split(",")]
+    except argparse.ArgumentTypeError as e:
+        ap.error(str(e))
     import h1r.model.falcon_h1 as fh
     import h1r.model.kernels.train as TK
     import h1r.model.ssd_packed as SP
@@ -348,7 +371,6 @@ def main(argv=None):
 
     fh.COMPILE_MIN_TOKENS = 0  # time the compiled glue at every length; eager_glue rows time the other path
     dev = torch.device("cuda")
-    acs = [{"on": True, "off": False}[a] for a in args.ac.split(",")]
     g = torch.Generator().manual_seed(0)
     if args.profile:
         cfg = preset(args.presets.split(",")[0])
@@ -390,7 +412,7 @@ def main(argv=None):
                         r["speedup_vs_transformers"] = hf["seconds"] / r["seconds"]
                 res["runs"].append(r)
                 hf = r.get("transformers", {})
-                print(f"{name:<22}{T:>7}{'on' if ac else 'off':>4}{r.get('tok_s', 0):>9.0f}{100 * r.get('MFU', 0):>6.1f}%"
+                print(f"{name:<22}{T:>7}{ac_label(ac):>4}{r.get('tok_s', 0):>9.0f}{100 * r.get('MFU', 0):>6.1f}%"
                       f"{r.get('peak_memory_GB', 0):>9.1f}"
                       f"{(T / hf['seconds']) if 'seconds' in hf else 0:>10.0f}"
                       f"{r.get('speedup_vs_transformers', 0):>8.1f}x  {hf.get('error', r.get('error', ''))}"

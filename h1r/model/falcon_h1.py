@@ -363,6 +363,20 @@ class FalconH1ForCausalLM(nn.Module):
         self.embedding_multiplier = cfg.embedding_multiplier
         self.lm_head_multiplier = cfg.lm_head_multiplier
         self.gradient_checkpointing = False
+        self.checkpoint_layers: frozenset[int] | None = None  # which layers recompute (None: all), when on
+
+    def set_activation_checkpointing(self, value: bool | float) -> None:
+        """True: recompute every decoder layer in the backward; a fraction in (0, 1]: that share of the
+        layers, evenly spread (memory between none and all, less recompute than all); False: none."""
+        if isinstance(value, bool) or value in (0, 1):
+            self.gradient_checkpointing, self.checkpoint_layers = bool(value), None
+            return
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"activation checkpointing: expected a boolean or a fraction in (0, 1], got {value}")
+        L = len(self.model.layers)
+        k = max(1, round(value * L))
+        self.gradient_checkpointing = True
+        self.checkpoint_layers = frozenset(i * L // k for i in range(k))
 
     @property
     def device(self) -> torch.device:
@@ -390,8 +404,9 @@ class FalconH1ForCausalLM(nn.Module):
         cfg = self.config
         cos, sin = rope_cos_sin(ctx.positions, cfg.attn_head_dim, cfg.rope_theta, h.dtype)
         run_layer = _compiled_layer() if _compile_layers(self, h) else _call_layer
-        for layer in self.model.layers:
-            if self.gradient_checkpointing and self.training:
+        for i, layer in enumerate(self.model.layers):
+            if self.gradient_checkpointing and self.training and (self.checkpoint_layers is None
+                                                                  or i in self.checkpoint_layers):
                 h = torch.utils.checkpoint.checkpoint(run_layer, layer, h, cos, sin, ctx, use_reentrant=False)
             else:
                 h = run_layer(layer, h, cos, sin, ctx)

@@ -57,7 +57,8 @@ class SFTConfig:
     # ---- hardware ------------------------------------------------------------------------------------
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bf16", "fp32"] = "auto"  # compute dtype (autocast); auto = bf16 on GPU, fp32 on CPU
-    activation_checkpointing: bool = False  # recompute each decoder layer in the backward
+    # recompute decoder layers in the backward: true for all, a fraction in (0, 1] for that share, evenly spread
+    activation_checkpointing: bool | float = False
     cpu_threads: int | None = None  # torch.set_num_threads when training on CPU (None: torch's default;
     #                                 1 is often fastest on a busy machine; bit-exact resume needs the same value)
     # ---- checkpoints, logs ---------------------------------------------------------------------------
@@ -86,6 +87,9 @@ class SFTConfig:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ConfigError(f"cpu_threads must be >= 1, got {self.cpu_threads}")
+        ac = self.activation_checkpointing
+        if not isinstance(ac, bool) and not 0.0 < ac <= 1.0:
+            raise ConfigError(f"activation_checkpointing must be true, false or a fraction in (0, 1], got {ac}")
         if self.save_every < 0:
             raise ConfigError(f"save_every must be >= 0, got {self.save_every}")
         if self.max_seq_len < 2:

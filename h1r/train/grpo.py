@@ -143,7 +143,7 @@ class GRPORun:
 
     def _build_trainer(self) -> None:
         cfg, info, lm = self.cfg, self.info, self.lm
-        lm.gradient_checkpointing = cfg.activation_checkpointing
+        lm.set_activation_checkpointing(cfg.activation_checkpointing)
         lm.train()
         self.module = shard_model(PolicyLogprobs(lm.to(info.device), cfg.temperature, cfg.entropy_coef > 0),
                                   lm.model.layers, info)

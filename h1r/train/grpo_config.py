@@ -112,7 +112,8 @@ class GRPOConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bf16", "fp32"] = "auto"  # compute dtype of the trainer (autocast)
-    activation_checkpointing: bool = False
+    # recompute decoder layers in the backward: true for all, a fraction in (0, 1] for that share, evenly spread
+    activation_checkpointing: bool | float = False
     cpu_threads: int | None = None  # torch.set_num_threads on CPU (bit-exact resume needs the same value)
     eval_every: int = 0  # steps between held-out evaluations (0: only when eval_data is set, at start and end)
     eval_max_problems: int | None = None  # evaluate on the first N problems of eval_data
@@ -146,6 +147,9 @@ class GRPOConfig:
     def validate(self) -> None:
         from h1r.rewards.registry import get_reward
 
+        ac = self.activation_checkpointing
+        if not isinstance(ac, bool) and not 0.0 < ac <= 1.0:
+            raise ConfigError(f"activation_checkpointing must be true, false or a fraction in (0, 1], got {ac}")
         if isinstance(self.data, str):
             self.data = [self.data]
         for name in ("model", "output_dir"):

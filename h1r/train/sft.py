@@ -130,7 +130,7 @@ def _train(cfg: SFTConfig, info: DistInfo) -> Path:
     if tokenizer.vocab_size > lm.config.vocab_size:
         raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
                           f"{lm.config.vocab_size}")
-    lm.gradient_checkpointing = cfg.activation_checkpointing
+    lm.set_activation_checkpointing(cfg.activation_checkpointing)
     lm.train()
     module = shard_model(TokenNLL(lm.to(info.device)), lm.model.layers, info)
     optimizer = build_adamw(module, cfg.lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps)
