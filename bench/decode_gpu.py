@@ -264,10 +264,14 @@ def main(argv=None):
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--repeat-b", type=int, default=1, help="run (b) this many times on one engine (1st: cold)")
     ap.add_argument("--profile", action="store_true", help="print the top kernels of one batch-64 decode step")
+    ap.add_argument("--batched-tokens", type=int, default=16384,
+                    help="the engines' token budget per step (max_num_batched_tokens): the prefill chunk size")
     ap.add_argument("--out", default="bench/results/decode_gpu.json")
     args = ap.parse_args(argv)
     if args.repeat_b < 1:
         ap.error(f"--repeat-b must be at least 1, got {args.repeat_b}")
+    if args.batched_tokens < 1:
+        ap.error(f"--batched-tokens must be at least 1, got {args.batched_tokens}")
     from h1r import LLM
     from h1r.checkpoint import init_model
     from h1r.config import preset
@@ -275,6 +279,7 @@ def main(argv=None):
     dev = torch.device("cuda")
     torch.manual_seed(0)
     res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "preset": args.preset,
+           "max_num_batched_tokens": args.batched_tokens,
            "ssm_state_dtype": args.state_dtype, "quick": args.quick, "scenarios": {}}
     bw, flops = ceilings(dev)
     res["copy_GBps"], res["matmul_TFLOPs"] = bw / GB, flops / 1e12
@@ -300,7 +305,8 @@ def main(argv=None):
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
 
-    def make_llm(max_seqs, max_len, batched=16384):
+    def make_llm(max_seqs, max_len, batched=None):
+        batched = batched or args.batched_tokens
         t = time.perf_counter()
         llm = LLM(model, NullTokenizer(), device=dev, max_num_seqs=max_seqs, max_model_len=max_len,
                   max_num_batched_tokens=batched, ssm_state_dtype=args.state_dtype, keep_reference_model=True,
