@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import pytest
 import torch
 
 BASE = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -69,3 +71,19 @@ def tiny_tokenizer_dir(path: Path, words: int = 200) -> Path:
            "chat_template": DEFAULT_CHAT_TEMPLATE, "tokenizer_class": "PreTrainedTokenizerFast"}
     (path / "tokenizer_config.json").write_text(json.dumps(cfg))
     return path
+
+
+def kernel_device() -> str:
+    """Where a Triton kernel test module runs: "cuda" on a GPU, "cpu" under TRITON_INTERPRET=1 (fp32 only);
+    elsewhere the calling module is skipped."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.importorskip("triton")
+        return "cpu"
+    pytest.skip("kernel tests need CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+
+
+def rel(a, b) -> float:
+    """Relative error ||a - b|| / ||b|| in fp32."""
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()

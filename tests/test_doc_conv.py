@@ -2,28 +2,17 @@
 values and gradients of x, weight and bias; documents starting anywhere (one-token documents, starts on and
 across the kernel's 64-token blocks), odd channel counts past one 128-channel block, strided inputs."""
 
-import os
-
 import pytest
 import torch
 
 from h1r.model import ssd
+from tests.helpers import kernel_device, rel
 
-if torch.cuda.is_available():
-    DEV = "cuda"
-    pytestmark = pytest.mark.gpu
-elif os.environ.get("TRITON_INTERPRET") == "1":
-    pytest.importorskip("triton")
-    DEV = "cpu"
-else:
-    pytest.skip("kernel tests need CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+DEV = kernel_device()
+pytestmark = pytest.mark.gpu if DEV == "cuda" else []
 
 from h1r.model.kernels.doc_conv import doc_conv  # noqa: E402
 from h1r.model.ssd_packed import doc_ids_from_cu  # noqa: E402
-
-
-def rel(a, b):
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 CASES = [([70], 40), ([1, 63, 64, 1, 2, 66], 200), ([3, 129], 131), ([130], 257)]

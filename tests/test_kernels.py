@@ -4,26 +4,15 @@ boundaries, padding, GQA groups, fp32 and bf16 storage.
 Runs on CUDA; on a CPU machine run `TRITON_INTERPRET=1 pytest tests/test_kernels.py` (needs triton).
 """
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from h1r.model import ssd
+from tests.helpers import kernel_device, rel
 
-if torch.cuda.is_available():
-    DEV = "cuda"
-    pytestmark = pytest.mark.gpu
-elif os.environ.get("TRITON_INTERPRET") == "1":
-    pytest.importorskip("triton")
-    DEV = "cpu"
-else:
-    pytest.skip("kernel tests need CUDA or TRITON_INTERPRET=1", allow_module_level=True)
-
-
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
+DEV = kernel_device()
+pytestmark = pytest.mark.gpu if DEV == "cuda" else []
 
 
 @pytest.mark.parametrize("S,H,P,N,G", [(1, 2, 16, 16, 1), (5, 4, 32, 16, 2), (3, 8, 64, 128, 2)])
@@ -436,7 +425,10 @@ def test_graphed_training_conv_equals_op_by_op(bias, monkeypatch):
     pytest.importorskip("fla")
     from h1r.model.kernels import train as TK
 
-    TK._conv_graphs.clear()
+    from h1r.model.kernels.graphs import _REGISTRY, layer_graphs
+
+    for kind in ("conv.forward", "conv.backward"):
+        _REGISTRY.pop(kind, None)
     for i, lens in enumerate(([1, 63, 64, 65, 200], [300, 90])):
         cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), device=DEV)
         n = sum(lens)
@@ -458,7 +450,7 @@ def test_graphed_training_conv_equals_op_by_op(bias, monkeypatch):
                 torch.testing.assert_close(a, b_, rtol=1e-2, atol=1e-2)
         assert not torch.equal(runs[True][1][0], runs[True][2][0])
         for kind in ("conv.forward", "conv.backward"):
-            assert TK._conv_graphs[kind].stats == {"eager": i + 1, "captures": i + 1, "replays": 3 * (i + 1)}
+            assert layer_graphs(kind).stats == {"eager": i + 1, "captures": i + 1, "replays": 3 * (i + 1)}
 
 
 @pytest.mark.skipif(DEV != "cuda", reason="the training kernels need CUDA")

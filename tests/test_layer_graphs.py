@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from h1r.model.kernels.graphs import LayerGraphs, _same_key, release_all
+from h1r.model.kernels.graphs import LayerGraphs, _same_key, layer_graphs, release_all
 
 
 def test_keys_compare_tensors_by_identity_and_the_rest_by_value():
@@ -25,8 +25,9 @@ def test_first_call_of_a_key_runs_eagerly_and_a_new_key_starts_over():
     assert g.stats["eager"] == 2 and g._calls == 1
 
 
-def test_release_all_resets_every_instance():
-    a, b = LayerGraphs("a"), LayerGraphs("b")
+def test_release_all_resets_every_registered_instance():
+    a, b = layer_graphs("test.a"), layer_graphs("test.b")
+    assert layer_graphs("test.a") is a
     x = torch.ones(1)
     for g in (a, b):
         g((x,), lambda t: (t,), x)

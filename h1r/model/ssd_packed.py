@@ -356,18 +356,15 @@ def _backward(dy, xdt, a, B, C, S_in, layout: PackedLayout):  # dy [n,H,P]
 # (kernels/graphs.py): fewer launches from Python on a host-bound step (measured gain within noise, ~1%).
 # H1R_LAYER_GRAPHS=0: op by op throughout (it also sets kernels/train.py's CONV_GRAPHS).
 GRAPHS = flag("H1R_LAYER_GRAPHS", True)
-_graphs: dict[str, "LayerGraphs"] = {}
 
 
-def _graphed(kind: str, t: torch.Tensor):
+def _graphed(kind: str, t: torch.Tensor) -> LayerGraphs | None:
     """The LayerGraphs for `kind` ("forward"/"backward"), or None where graphs do not apply."""
     if not (GRAPHS and t.is_cuda) or torch.cuda.is_current_stream_capturing():
         return None
-    if kind not in _graphs:
-        from h1r.model.kernels.graphs import LayerGraphs
+    from h1r.model.kernels.graphs import layer_graphs
 
-        _graphs[kind] = LayerGraphs(f"ssd_packed.{kind}")
-    return _graphs[kind]
+    return layer_graphs(f"ssd_packed.{kind}")
 
 
 def _key(layout, *ts):

@@ -14,17 +14,23 @@ synchronise with the host, and it must return a tuple of fresh tensors.
 
 from __future__ import annotations
 
-import weakref
 from typing import Callable
 
 import torch
 
-_ALL: "weakref.WeakSet[LayerGraphs]" = weakref.WeakSet()
+_REGISTRY: dict[str, "LayerGraphs"] = {}
+
+
+def layer_graphs(name: str) -> "LayerGraphs":
+    """The process's LayerGraphs for one function ("ssd_packed.forward", "conv.backward", ...)."""
+    if name not in _REGISTRY:
+        _REGISTRY[name] = LayerGraphs(name)
+    return _REGISTRY[name]
 
 
 def release_all() -> None:
     """Drop every captured graph and its buffers (after an out-of-memory error, say): the next calls start over."""
-    for g in list(_ALL):
+    for g in _REGISTRY.values():
         g.reset()
 
 
@@ -46,7 +52,6 @@ class LayerGraphs:
         self._inputs: list[torch.Tensor] = []
         self._outputs: tuple[torch.Tensor, ...] = ()
         self.stats = {"eager": 0, "captures": 0, "replays": 0}  # for tests and benches
-        _ALL.add(self)
 
     def reset(self) -> None:
         self._key, self._calls, self._graph, self._inputs, self._outputs = None, 0, None, [], ()

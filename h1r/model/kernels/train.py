@@ -86,7 +86,7 @@ def varlen_causal_attention(q, k, v, cu: torch.Tensor, max_len: int, scale: floa
 # fla's varlen conv, forward and backward, replayed from one CUDA graph per step for every layer after the
 # second (kernels/graphs.py); 0 calls it op by op. H1R_LAYER_GRAPHS sets this and ssd_packed.GRAPHS.
 CONV_GRAPHS = flag("H1R_LAYER_GRAPHS", True)
-_conv_graphs: dict = {}
+FLA_CONV_CHUNK = 64  # fla's default chunk of tokens per conv program
 _chunk_index: tuple | None = None  # (cu, fla's chunk index table for cu): one step's documents
 
 
@@ -100,17 +100,6 @@ def _fla_chunk_index(cu: torch.Tensor) -> torch.Tensor:
     return _chunk_index[1]
 
 
-FLA_CONV_CHUNK = 64  # fla's default chunk of tokens per conv program
-
-
-def _layer_graphs(kind: str):
-    from h1r.model.kernels.graphs import LayerGraphs
-
-    if kind not in _conv_graphs:
-        _conv_graphs[kind] = LayerGraphs(kind)
-    return _conv_graphs[kind]
-
-
 class _GraphedConv(torch.autograd.Function):
     """silu(causal conv) over packed documents through fla's forward and backward functions, each replayed
     from a CUDA graph shared by the step's layers."""
@@ -118,6 +107,8 @@ class _GraphedConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, cu):  # x [1, N, C], w [C, K], b [C] or None, all in x's dtype
         from fla.modules.causal_conv1d.ops import causal_conv1d_fwd
+
+        from h1r.model.kernels.graphs import layer_graphs
 
         idx = _fla_chunk_index(cu)
 
@@ -128,7 +119,7 @@ class _GraphedConv(torch.autograd.Function):
         args = (x, w) + ((b,) if b is not None else ())
         # the key holds cu and idx: the graph reads both, so they must outlive it
         key = (cu, idx, *((t.shape, t.dtype) for t in args))
-        (y,) = _layer_graphs("conv.forward")(key, fwd, *args)
+        (y,) = layer_graphs("conv.forward")(key, fwd, *args)
         ctx.save_for_backward(*args)
         ctx.cu = cu
         return y
@@ -136,6 +127,8 @@ class _GraphedConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         from fla.modules.causal_conv1d.ops import causal_conv1d_bwd
+
+        from h1r.model.kernels.graphs import layer_graphs
 
         args = ctx.saved_tensors
         cu = ctx.cu
@@ -148,7 +141,7 @@ class _GraphedConv(torch.autograd.Function):
             return (dx, dw) + ((db,) if b else ())
 
         key = (cu, idx, *((t.shape, t.dtype) for t in (dy,) + args))
-        grads = _layer_graphs("conv.backward")(key, bwd, dy, *args)
+        grads = layer_graphs("conv.backward")(key, bwd, dy, *args)
         return grads[0], grads[1], grads[2] if len(grads) > 2 else None, None
 
 
