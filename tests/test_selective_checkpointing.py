@@ -58,3 +58,11 @@ def test_configs_take_booleans_and_fractions(tmp_path):
     cfg = from_dict(SFTConfig, {**base, "activation_checkpointing": 1.5})
     with pytest.raises(ConfigError, match="activation_checkpointing"):
         cfg.validate()
+
+
+def test_grpo_config_refuses_a_bad_fraction(tmp_path):
+    from h1r.train.grpo_config import GRPOConfig
+
+    cfg = GRPOConfig(model=str(tmp_path), data=["x.jsonl"], output_dir=str(tmp_path / "o"), activation_checkpointing=0)
+    with pytest.raises(ConfigError, match="activation_checkpointing"):
+        cfg.validate()

@@ -16,6 +16,12 @@ RESUME_MUST_MATCH = ("data", "seed", "epochs", "max_steps", "batch_size", "max_s
                      "lr", "min_lr_ratio", "schedule", "warmup_ratio", "warmup_steps", "random_init")
 
 
+def check_activation_checkpointing(value: bool | float) -> None:
+    """The `activation_checkpointing` setting of the SFT and GRPO configs: a boolean or a share of the layers."""
+    if not isinstance(value, bool) and not 0.0 < value <= 1.0:
+        raise ConfigError(f"activation_checkpointing must be true, false or a fraction in (0, 1], got {value}")
+
+
 @dataclass
 class SFTConfig:
     # ---- what to train on, where to write --------------------------------------------------------
@@ -87,9 +93,7 @@ class SFTConfig:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ConfigError(f"cpu_threads must be >= 1, got {self.cpu_threads}")
-        ac = self.activation_checkpointing
-        if not isinstance(ac, bool) and not 0.0 < ac <= 1.0:
-            raise ConfigError(f"activation_checkpointing must be true, false or a fraction in (0, 1], got {ac}")
+        check_activation_checkpointing(self.activation_checkpointing)
         if self.save_every < 0:
             raise ConfigError(f"save_every must be >= 0, got {self.save_every}")
         if self.max_seq_len < 2:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from h1r.errors import ConfigError, DataError
+from h1r.train.config import check_activation_checkpointing
 
 # keys that define the prompt stream, the rollouts and the schedule: a resumed run must use the same
 RESUME_MUST_MATCH = (
@@ -147,9 +148,7 @@ class GRPOConfig:
     def validate(self) -> None:
         from h1r.rewards.registry import get_reward
 
-        ac = self.activation_checkpointing
-        if not isinstance(ac, bool) and not 0.0 < ac <= 1.0:
-            raise ConfigError(f"activation_checkpointing must be true, false or a fraction in (0, 1], got {ac}")
+        check_activation_checkpointing(self.activation_checkpointing)
         if isinstance(self.data, str):
             self.data = [self.data]
         for name in ("model", "output_dir"):
