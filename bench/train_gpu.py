@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import gc
+import importlib
 import itertools
 import json
 import time
@@ -289,18 +290,42 @@ def hf_step_time(cfg, T, dev, steps=1):
         torch.cuda.empty_cache()
 
 
-def time_variant(cfg, T, docs, dev, ac, module, attr: str, value, flops_per_rate: float) -> dict:
-    """The same step with module.attr = value (a fast path switched off or swapped), restored afterwards;
-    attr "A+B" sets both attributes to value; module may be a list of modules, one per attribute."""
-    attrs = attr.split("+")
-    modules = module if isinstance(module, list) else [module] * len(attrs)
-    saved = [getattr(m, a) for m, a in zip(modules, attrs)]
-    for m, a in zip(modules, attrs):
+# Same-process A/B rows: (result key, --flag, the module attributes switched, their value, what the row runs,
+# printed label). Each row is the same SFT step with those attributes set, restored afterwards.
+VARIANTS = [
+    ("eager_glue", "--eager-glue-lengths", ["h1r.model.falcon_h1.COMPILE_TRAINING"], False,
+     "the torch.compile'd glue off (H1R_COMPILE=0's path)", "eager glue"),
+    ("fla_parallel_ssd", "--ssd-compare-lengths", ["h1r.model.kernels.train.SSD_KERNEL"], "fla-parallel",
+     "fla's parallel SSD kernels (the path before ssd_packed)", "fla-parallel SSD"),
+    ("ssd_eager", "--ssd-eager-lengths", ["h1r.model.ssd_packed.COMPILE"], False,
+     "the SSD's elementwise pieces unfused (no torch.compile)", "SSD eager"),
+    ("ssd_scan", "--ssd-scan-lengths", ["h1r.model.ssd_packed.SCAN"], True,
+     "the Triton scan between SSD chunks (H1R_SSD_SCAN=1's path)", "SSD scan"),
+    ("ssd_fused", "--ssd-fused-lengths", ["h1r.model.ssd_packed.SCAN", "h1r.model.ssd_packed.FUSED"], True,
+     "the fused chunk-output kernels and the scan (H1R_SSD_FUSED=1 H1R_SSD_SCAN=1's path)", "SSD fused+scan"),
+    ("fp32_norm_out", "--fp32-norm-lengths", ["h1r.model.falcon_h1.HALF_NORM_OUTPUT"], False,
+     "the norms returning fp32 under autocast (H1R_HALF_NORM=0's path: each Linear casts its own copy)",
+     "fp32 norm output"),
+    ("no_layer_graphs", "--no-graph-lengths", ["h1r.model.ssd_packed.GRAPHS", "h1r.model.kernels.train.CONV_GRAPHS"],
+     False, "the SSD and conv called op by op in every layer, not replayed from CUDA graphs "
+     "(H1R_LAYER_GRAPHS=0's path)", "no layer graphs"),
+    ("eager_layers", "--eager-layers-lengths", ["h1r.model.falcon_h1.COMPILE_LAYERS"], False,
+     "the decoder layers run eagerly, not compiled whole (H1R_COMPILE_LAYERS=0's path)", "eager layers"),
+    ("doc_conv", "--doc-conv-lengths", ["h1r.model.kernels.train.DOC_CONV"], True,
+     "the conv read from the document index (H1R_DOC_CONV=1's kernels/doc_conv.py instead of fla's)", "doc conv"),
+]
+
+
+def time_variant(cfg, T, docs, dev, ac, switches: list[str], value, flops_per_rate: float) -> dict:
+    """The same step with each "module.ATTR" in `switches` set to value, restored afterwards."""
+    targets = [(importlib.import_module(s.rsplit(".", 1)[0]), s.rsplit(".", 1)[1]) for s in switches]
+    saved = [getattr(m, a) for m, a in targets]
+    for m, a in targets:
         setattr(m, a, value)
     try:
         dt, _, loss, host = h1r_step_time(cfg, T, docs, dev, ac=ac)
     finally:
-        for m, a, v in zip(modules, attrs, saved):
+        for (m, a), v in zip(targets, saved):
             setattr(m, a, v)
     return {"seconds": dt, "tok_s": T / dt, "host_queue_seconds": host, "loss": loss, "MFU": flops_per_rate / dt}
 
@@ -330,29 +355,8 @@ def main(argv=None):
                     help="activation checkpointing settings to time, comma-separated: off, on, or a fraction of the "
                          "layers (0.5)")
     ap.add_argument("--hf-lengths", default="8192")
-    ap.add_argument("--eager-glue-lengths", default="",
-                    help="also time these lengths with the torch.compile'd glue off (H1R_COMPILE=0's path)")
-    ap.add_argument("--ssd-compare-lengths", default="",
-                    help="also time these lengths with fla's parallel SSD kernels (the path before ssd_packed)")
-    ap.add_argument("--ssd-eager-lengths", default="",
-                    help="also time these lengths with the SSD's elementwise pieces unfused (no torch.compile)")
-    ap.add_argument("--ssd-scan-lengths", default="",
-                    help="also time these lengths with the Triton scan between SSD chunks (H1R_SSD_SCAN=1's path)")
-    ap.add_argument("--ssd-fused-lengths", default="",
-                    help="also time these lengths with the fused chunk-output kernels and the scan "
-                         "(H1R_SSD_FUSED=1 H1R_SSD_SCAN=1's path)")
-    ap.add_argument("--fp32-norm-lengths", default="",
-                    help="also time these lengths with the norms returning fp32 under autocast (H1R_HALF_NORM=0's "
-                         "path: each Linear casts its own copy)")
-    ap.add_argument("--no-graph-lengths", default="",
-                    help="also time these lengths with the SSD and conv called op by op in every layer, not "
-                         "replayed from CUDA graphs (H1R_LAYER_GRAPHS=0's path)")
-    ap.add_argument("--eager-layers-lengths", default="",
-                    help="also time these lengths with the decoder layers run eagerly, not compiled whole "
-                         "(H1R_COMPILE_LAYERS=0's path)")
-    ap.add_argument("--doc-conv-lengths", default="",
-                    help="also time these lengths with the conv read from the document index "
-                         "(H1R_DOC_CONV=1's kernels/doc_conv.py instead of fla's)")
+    for _, flag, _, _, what, _ in VARIANTS:
+        ap.add_argument(flag, default="", help=f"also time these lengths with {what}")
     ap.add_argument("--graph-step-lengths", default="",
                     help="also time these lengths as one CUDA graph per step (graphed_step_time)")
     ap.add_argument("--out", default="bench/results/train_gpu.json")
@@ -365,8 +369,6 @@ def main(argv=None):
     except argparse.ArgumentTypeError as e:
         ap.error(str(e))
     import h1r.model.falcon_h1 as fh
-    import h1r.model.kernels.train as TK
-    import h1r.model.ssd_packed as SP
     from h1r.config import preset
 
     fh.COMPILE_MIN_TOKENS = 0  # time the compiled glue at every length; eager_glue rows time the other path
@@ -389,18 +391,10 @@ def main(argv=None):
             docs = documents(T, g)
             for ac in acs:
                 r = run_one(cfg, name, T, docs, dev, rate, ac)
-                variants = [("eager_glue", args.eager_glue_lengths, fh, "COMPILE_TRAINING", False),
-                            ("fla_parallel_ssd", args.ssd_compare_lengths, TK, "SSD_KERNEL", "fla-parallel"),
-                            ("ssd_eager", args.ssd_eager_lengths, SP, "COMPILE", False),
-                            ("ssd_scan", args.ssd_scan_lengths, SP, "SCAN", True),
-                            ("ssd_fused", args.ssd_fused_lengths, SP, "SCAN+FUSED", True),
-                            ("fp32_norm_out", args.fp32_norm_lengths, fh, "HALF_NORM_OUTPUT", False),
-                            ("no_layer_graphs", args.no_graph_lengths, [SP, TK], "GRAPHS+CONV_GRAPHS", False),
-                            ("eager_layers", args.eager_layers_lengths, fh, "COMPILE_LAYERS", False),
-                            ("doc_conv", args.doc_conv_lengths, TK, "DOC_CONV", True)]
-                for key, lengths, module, attr, value in variants:
+                for key, flag, switches, value, _, _ in VARIANTS:
+                    lengths = getattr(args, flag.lstrip("-").replace("-", "_"))
                     if "error" not in r and str(T) in lengths.split(","):
-                        r[key] = time_variant(cfg, T, docs, dev, ac, module, attr, value, r["model_flops"] / rate)
+                        r[key] = time_variant(cfg, T, docs, dev, ac, switches, value, r["model_flops"] / rate)
                 if "error" not in r and str(T) in args.graph_step_lengths.split(","):
                     r["graph_step"] = graphed_step_time(cfg, T, docs, dev, ac)
                     if "seconds" in r["graph_step"]:
@@ -416,16 +410,8 @@ def main(argv=None):
                       f"{r.get('peak_memory_GB', 0):>9.1f}"
                       f"{(T / hf['seconds']) if 'seconds' in hf else 0:>10.0f}"
                       f"{r.get('speedup_vs_transformers', 0):>8.1f}x  {hf.get('error', r.get('error', ''))}"
-                      + (f"  eager glue {r['eager_glue']['tok_s']:.0f} tok/s" if "eager_glue" in r else "")
-                      + (f"  fla-parallel SSD {r['fla_parallel_ssd']['tok_s']:.0f} tok/s" if "fla_parallel_ssd" in r else "")
-                      + (f"  SSD eager {r['ssd_eager']['tok_s']:.0f} tok/s" if "ssd_eager" in r else "")
-                      + (f"  SSD scan {r['ssd_scan']['tok_s']:.0f} tok/s" if "ssd_scan" in r else "")
-                      + (f"  SSD fused+scan {r['ssd_fused']['tok_s']:.0f} tok/s ({100 * r['ssd_fused']['MFU']:.1f}%)"
-                         if "ssd_fused" in r else "")
-                      + (f"  fp32 norm output {r['fp32_norm_out']['tok_s']:.0f} tok/s" if "fp32_norm_out" in r else "")
-                      + (f"  no layer graphs {r['no_layer_graphs']['tok_s']:.0f} tok/s" if "no_layer_graphs" in r else "")
-                      + (f"  eager layers {r['eager_layers']['tok_s']:.0f} tok/s" if "eager_layers" in r else "")
-                      + (f"  doc conv {r['doc_conv']['tok_s']:.0f} tok/s" if "doc_conv" in r else "")
+                      + "".join(f"  {label} {r[key]['tok_s']:.0f} tok/s ({100 * r[key]['MFU']:.1f}%)"
+                                for key, _, _, _, _, label in VARIANTS if key in r)
                       + (f"  one graph per step {r['graph_step']['tok_s']:.0f} tok/s" if "tok_s" in r.get("graph_step", {})
                          else f"  graph step: {r['graph_step']['error']}" if "graph_step" in r else "")
                       + (f"  (queued in {r['host_queue_seconds'] / r['seconds']:.0%} of the step)" if "seconds" in r else ""),
