@@ -153,6 +153,38 @@ def test_compiled_pieces_match_eager(monkeypatch):
         assert rel(c, e) < 1e-12, name
 
 
+def test_result_and_compiled_pieces_do_not_depend_on_the_callers_autocast(monkeypatch):
+    """Training calls the SSD forward under autocast and its backward without: the forward must compute the
+    same thing either way (C.B in fp32, as the backward recomputes it, not rounded by autocast), and the
+    compiled elementwise pieces must serve both from one entry (a bench process ran into torch's recompile
+    limit on the autocast guard)."""
+    import h1r.model.ssd_packed as SP
+    from torch._dynamo.utils import counters
+
+    x, dt, A, B, C, cu = make([21, 11], 4, 8, 6, 2, torch.float32, seed=5)
+    x, B, C = x.bfloat16(), B.bfloat16(), C.bfloat16()  # what the layer hands over under autocast
+    doc = doc_ids_from_cu(cu, 32)
+    dy = torch.randn(32, 4, 8)
+
+    def run():
+        ins = [t.detach().clone().requires_grad_() for t in (x, dt, A, B, C)]
+        y = ssd_packed(*ins, doc, 16)
+        return [y.detach()] + list(torch.autograd.grad(y, ins, dy))
+
+    plain = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = run()
+    for name, u, p in zip("y x dt A B C".split(), under, plain):
+        assert torch.equal(u, p), name
+
+    monkeypatch.setattr(SP, "COMPILE_ON_CPU", True)
+    run()  # compiles (or finds) the entries
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        run()
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 def test_layout_is_reused_for_one_doc_tensor_and_rebuilt_for_another():
     """The per-step layout cache is keyed by the doc tensor itself: the same length with other document
     boundaries (the next training step) must not reuse it."""

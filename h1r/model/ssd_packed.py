@@ -368,20 +368,22 @@ def _graphed(kind: str, t: torch.Tensor) -> LayerGraphs | None:
 
 
 def _key(layout, *ts):
-    """Everything a captured call depends on besides its tensors' values."""
-    dev = ts[0].device.type
-    ac = torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev)
-    return (layout, ac, SCAN, FUSED, COMPILE) + tuple((t.shape, t.dtype) for t in ts)
+    """Everything a captured call depends on besides its tensors' values (both run with autocast off)."""
+    return (layout, SCAN, FUSED, COMPILE) + tuple((t.shape, t.dtype) for t in ts)
 
 
 class PackedSSD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xdt, a, B, C, layout: PackedLayout):
-        graphs = _graphed("forward", xdt)
-        if graphs is not None:
-            y, S_in = graphs(_key(layout, xdt, a, B, C), lambda *t: _forward(*t, layout), xdt, a, B, C)
-        else:
-            y, S_in = _forward(xdt, a, B, C, layout)
+        # autocast off, as in the backward: the dtypes are explicit (C.B in fp32 as the backward recomputes
+        # it, not rounded to bf16 by autocast), and the compiled pieces see one autocast state rather than
+        # recompiling per state (a bench process ran into torch's recompile limit on that guard)
+        with torch.autocast(xdt.device.type, enabled=False):
+            graphs = _graphed("forward", xdt)
+            if graphs is not None:
+                y, S_in = graphs(_key(layout, xdt, a, B, C), lambda *t: _forward(*t, layout), xdt, a, B, C)
+            else:
+                y, S_in = _forward(xdt, a, B, C, layout)
         ctx.save_for_backward(xdt, a, B, C, S_in)
         ctx.layout = layout
         return y
@@ -390,12 +392,13 @@ class PackedSSD(torch.autograd.Function):
     def backward(ctx, dy):  # dy [n,H,P]
         xdt, a, B, C, S_in = ctx.saved_tensors
         layout = ctx.layout
-        graphs = _graphed("backward", xdt)
-        if graphs is not None:
-            grads = graphs(_key(layout, dy, xdt, a, B, C, S_in), lambda *t: _backward(*t, layout),
-                           dy, xdt, a, B, C, S_in)
-        else:
-            grads = _backward(dy, xdt, a, B, C, S_in, layout)
+        with torch.autocast(xdt.device.type, enabled=False):  # as in the forward (a backward run on CPU
+            graphs = _graphed("backward", xdt)               # keeps the caller's autocast)
+            if graphs is not None:
+                grads = graphs(_key(layout, dy, xdt, a, B, C, S_in), lambda *t: _backward(*t, layout),
+                               dy, xdt, a, B, C, S_in)
+            else:
+                grads = _backward(dy, xdt, a, B, C, S_in, layout)
         return (*grads, None)
 
 
