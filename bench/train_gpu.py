@@ -28,6 +28,7 @@ import gc
 import importlib
 import itertools
 import json
+import re
 import time
 import traceback
 import warnings
@@ -98,6 +99,29 @@ def sync_sites(step) -> collections.Counter:
     return sites
 
 
+# Kernel name patterns -> what part of the step they are (first match wins), for the profile's summary.
+KERNEL_CATEGORIES = [
+    ("compiled glue (Triton)", r"^triton_"),
+    ("attention (flash)", r"flash"),  # before GEMM: flash's kernel names carry cutlass types
+    ("GEMM (cuBLAS)", r"nvjet|gemm|xmma|cutlass|cublas"),
+    ("SSD (Triton)", r"^_(out|pass)_(fwd|bwd)_kernel"),
+    ("conv", r"conv1d|^_(fwd|bwd_g|bwd_dx)_kernel$"),
+    ("optimizer", r"adam|multi_tensor"),
+    ("copies / casts", r"copy|cast|CatArrayBatched|memcpy|memset|fill"),
+    ("reductions", r"reduce"),
+    ("other elementwise", r"elementwise"),
+]
+
+
+def kernel_categories(kernels: list[tuple[str, float]]) -> dict[str, float]:
+    """[(kernel name, ms per step)] -> ms per step by KERNEL_CATEGORIES, the rest as 'other', largest first."""
+    out: dict[str, float] = collections.defaultdict(float)
+    for name, ms in kernels:
+        cat = next((c for c, pat in KERNEL_CATEGORIES if re.search(pat, name, re.IGNORECASE)), "other")
+        out[cat] += ms
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def sft_setup(cfg, T, docs, dev, ac, capturable=False):
     """A fresh fp32 model (per-layer checkpointing if `ac`), its loss module and fused AdamW, and one packed
     row of T random tokens in documents of the given lengths, all supervised."""
@@ -166,8 +190,10 @@ def graphed_step_time(cfg, T, docs, dev, ac, steps=5, capacity=64) -> dict:
             graph.replay()
         torch.cuda.synchronize()
         dt = (time.perf_counter() - t) / steps
+        # the graph's buffers live in its private pool, freed back to it after capture: max_memory_allocated
+        # would miss them, so report what the caching allocator holds
         out = {"seconds": dt, "tok_s": T / dt, "loss": float(loss.detach()),
-               "peak_memory_GB": torch.cuda.max_memory_allocated() / 1e9}
+               "reserved_memory_GB": torch.cuda.memory_reserved() / 1e9}
         reset.copy_(packed_reset(T, documents(T, torch.Generator().manual_seed(1)), dev))  # another layout
         with torch.no_grad(), autocast:
             eager = float(lossmod(ids, mask, reset=reset).mean())  # the current weights, read op by op
@@ -221,6 +247,9 @@ def h1r_step_time(cfg, T, docs, dev, steps=3, ac=True, profile=False, sync_debug
             # kernels only: a CPU op's self device time repeats the kernels it launched
             cuda_ms = sum(getattr(e, key) for e in events if e.device_type == DeviceType.CUDA) / 1e3 / steps
             print(f"profile of {steps} steady-state steps: kernels {cuda_ms:.0f} ms per step", flush=True)
+            kernels = [(e.key, getattr(e, key) / 1e3 / steps) for e in events if e.device_type == DeviceType.CUDA]
+            for cat, ms in kernel_categories(kernels).items():
+                print(f"  {cat:28s} {ms:7.1f} ms  {ms / cuda_ms:6.1%}", flush=True)
             print(events.table(sort_by=key, row_limit=30, max_name_column_width=60), flush=True)
             print("by host time (self CPU):", flush=True)
             print(events.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60), flush=True)
@@ -312,7 +341,12 @@ VARIANTS = [
     ("eager_layers", "--eager-layers-lengths", ["h1r.model.falcon_h1.COMPILE_LAYERS"], False,
      "the decoder layers run eagerly, not compiled whole (H1R_COMPILE_LAYERS=0's path)", "eager layers"),
     ("doc_conv", "--doc-conv-lengths", ["h1r.model.kernels.train.DOC_CONV"], True,
-     "the conv read from the document index (H1R_DOC_CONV=1's kernels/doc_conv.py instead of fla's)", "doc conv"),
+     "the conv read from the document index (kernels/doc_conv.py, the default since 2026-12-04d)", "doc conv"),
+    ("fla_conv", "--fla-conv-lengths", ["h1r.model.kernels.train.DOC_CONV"], False,
+     "fla's varlen conv instead of the document-indexed one (H1R_DOC_CONV=0's path)", "fla conv"),
+    ("dcb_heads", "--dcb-heads-lengths", ["h1r.model.kernels.ssd_chunk.DCB_ATOMIC"], False,
+     "the SSD backward's dCB written per head and summed by torch, not by atomic adds (H1R_SSD_DCB_ATOMIC=0's "
+     "path)", "dCB per head"),
 ]
 
 

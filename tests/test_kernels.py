@@ -355,7 +355,7 @@ def test_varlen_ssd_and_attention_on_gpu(lens):
 
 
 @pytest.mark.skipif(DEV != "cuda", reason="the training kernels need CUDA")
-@pytest.mark.parametrize("compile_layers,doc_conv", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("compile_layers,doc_conv", [(False, False), (True, False), (False, True), (True, True)])
 def test_training_path_matches_reference_values_and_gradients(compile_layers, doc_conv, monkeypatch):
     """bf16 autocast training step over packed documents: kernels (fla conv/SSD, varlen flash attention,
     fused cross-entropy) against the plain reference path."""
