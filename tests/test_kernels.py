@@ -17,7 +17,8 @@ pytestmark = pytest.mark.gpu if DEV == "cuda" else []
 
 @pytest.mark.parametrize("S,H,P,N,G", [(1, 2, 16, 16, 1), (5, 4, 32, 16, 2), (3, 8, 64, 128, 2)])
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
-def test_ssm_state_update(S, H, P, N, G, state_dtype):
+@pytest.mark.parametrize("block_p,num_warps", [(None, None), (64, 8)])  # the default launch and a wide one
+def test_ssm_state_update(S, H, P, N, G, state_dtype, block_p, num_warps):
     from h1r.model.kernels.ssm_update import ssm_state_update
 
     g = torch.Generator().manual_seed(S * 100 + H)
@@ -30,7 +31,8 @@ def test_ssm_state_update(S, H, P, N, G, state_dtype):
                  torch.randn(H, generator=g).to(DEV))
     B, C = torch.randn(S, G * N, generator=g).to(DEV), torch.randn(S, G * N, generator=g).to(DEV)
     untouched = [i for i in range(S + 4) if i not in slots.tolist()]
-    y = ssm_state_update(pool, slots, x, dt, dtb, A, B, C, D, dt_limit=(0.0, 0.8))
+    y = ssm_state_update(pool, slots, x, dt, dtb, A, B, C, D, dt_limit=(0.0, 0.8), block_p=block_p,
+                         num_warps=num_warps)
     d = F.softplus(dt + dtb).clamp(0.0, 0.8)
     yr, sr = ssd.ssd_step(x.view(S, H, P), d, A, B.view(S, G, N), C.view(S, G, N), ref_pool[slots])
     yr = yr + D[:, None] * x.view(S, H, P)
@@ -41,7 +43,8 @@ def test_ssm_state_update(S, H, P, N, G, state_dtype):
 
 
 @pytest.mark.parametrize("C,dtype", [(40, torch.float32), (3584, torch.bfloat16), (257, torch.bfloat16)])
-def test_conv_state_update(C, dtype):
+@pytest.mark.parametrize("block_c,num_warps", [(None, None), (1024, 8), (64, 1)])
+def test_conv_state_update(C, dtype, block_c, num_warps):
     from h1r.model.kernels.conv_update import conv_state_update
 
     g = torch.Generator().manual_seed(C)
@@ -51,7 +54,7 @@ def test_conv_state_update(C, dtype):
     slots = torch.tensor([4, 0, 2], device=DEV)
     x = torch.randn(S, C, generator=g).to(DEV, dtype)
     w, b = torch.randn(C, K, generator=g).to(DEV, dtype), torch.randn(C, generator=g).to(DEV, dtype)
-    y = conv_state_update(pool, slots, x, w, b)
+    y = conv_state_update(pool, slots, x, w, b, block_c=block_c, num_warps=num_warps)
     yr, sr = ssd.conv_step(x, ref[slots], w, b)
     assert rel(y, yr) < (1e-6 if dtype == torch.float32 else 1e-2)
     assert torch.equal(pool[slots], sr.to(dtype))

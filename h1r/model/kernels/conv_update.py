@@ -12,6 +12,9 @@ import triton.language as tl
 from h1r.model.kernels import pdl
 from h1r.model.kernels.launch import pdl_enter
 
+# the launch: BLOCK_C channels of one sequence per program
+BLOCK_C, NUM_WARPS = 256, 4
+
 
 @triton.jit
 def _conv_update_kernel(
@@ -43,18 +46,20 @@ def _conv_update_kernel(
 
 
 def conv_state_update(conv_state: torch.Tensor, slots: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                      bias: torch.Tensor | None, out_dtype=None) -> torch.Tensor:
+                      bias: torch.Tensor | None, out_dtype=None, block_c: int | None = None,
+                      num_warps: int | None = None) -> torch.Tensor:
     """conv_state [slots, C, K-1] (updated in place; last dim contiguous), slots [S], x [S, C] (raw xBC),
-    weight [C, K] contiguous, bias [C] -> silu(conv) [S, C]."""
+    weight [C, K] contiguous, bias [C] -> silu(conv) [S, C]. block_c / num_warps: the launch (channels per
+    program), defaults below; bench/decode_kernels_gpu.py sweeps them."""
     _, Cc, Km1 = conv_state.shape
     S = x.shape[0]
     assert conv_state.stride(-1) == 1 and x.stride(-1) == 1 and weight.is_contiguous()
     y = torch.empty(S, Cc, device=x.device, dtype=out_dtype or x.dtype)
-    BLOCK_C = 256
-    grid = (S, triton.cdiv(Cc, BLOCK_C))
+    block_c = block_c or BLOCK_C
+    grid = (S, triton.cdiv(Cc, block_c))
     _conv_update_kernel[grid](
         conv_state, slots, x, weight, bias if bias is not None else weight, y,
         conv_state.stride(0), conv_state.stride(1), x.stride(0), y.stride(0), Cc,
-        K=Km1 + 1, BLOCK_C=BLOCK_C, HAS_BIAS=bias is not None, num_warps=4, **pdl(x),
+        K=Km1 + 1, BLOCK_C=block_c, HAS_BIAS=bias is not None, num_warps=num_warps or NUM_WARPS, **pdl(x),
     )
     return y

@@ -13,6 +13,9 @@ import triton.language as tl
 from h1r.model.kernels import pdl
 from h1r.model.kernels.launch import pdl_enter
 
+# the launch: BLOCK_P rows of one (sequence, head) state per program
+BLOCK_P, NUM_WARPS = 16, 4
+
 
 @triton.jit
 def _ssm_update_kernel(
@@ -52,15 +55,18 @@ def _ssm_update_kernel(
 
 def ssm_state_update(state: torch.Tensor, slots: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
                      dt_bias: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor,
-                     dt_limit=(0.0, float("inf"))) -> torch.Tensor:
+                     dt_limit=(0.0, float("inf")), block_p: int | None = None,
+                     num_warps: int | None = None) -> torch.Tensor:
     """state [slots, H, P, N] (fp32 or bf16, updated in place), slots [S] long, x [S, H*P], dt [S, H]
-    (raw, before softplus), dt_bias/A/D [H], B/C [S, G*N] -> y [S, H*P] fp32."""
+    (raw, before softplus), dt_bias/A/D [H], B/C [S, G*N] -> y [S, H*P] fp32. block_p / num_warps: the
+    launch (BLOCK_P rows of one head's state per program), defaults below; bench/decode_kernels_gpu.py sweeps
+    them."""
     _, H, P, N = state.shape
     S = slots.shape[0]
     G = B.shape[-1] // N
     assert state.stride(-1) == 1 and x.stride(-1) == 1 and B.stride(-1) == 1 and C.stride(-1) == 1
     y = torch.empty(S, H * P, device=x.device, dtype=torch.float32)
-    block_p = min(P, 16)
+    block_p = min(P, block_p or BLOCK_P)
     lo, hi = float(dt_limit[0]), float(dt_limit[1])
     clamp = lo > 0.0 or hi != float("inf")
     grid = (S, H, P // block_p)
@@ -68,6 +74,6 @@ def ssm_state_update(state: torch.Tensor, slots: torch.Tensor, x: torch.Tensor, 
         state, slots, x, dt, dt_bias, A, B, C, D, y, lo, hi if clamp else 0.0,
         state.stride(0), state.stride(1), state.stride(2),
         x.stride(0), dt.stride(0), B.stride(0), C.stride(0), y.stride(0),
-        HEADS_PER_GROUP=H // G, P=P, N=N, BLOCK_P=block_p, CLAMP=clamp, num_warps=4, **pdl(x),
+        HEADS_PER_GROUP=H // G, P=P, N=N, BLOCK_P=block_p, CLAMP=clamp, num_warps=num_warps or NUM_WARPS, **pdl(x),
     )
     return y
