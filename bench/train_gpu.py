@@ -122,7 +122,7 @@ def kernel_categories(kernels: list[tuple[str, float]]) -> dict[str, float]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-def sft_setup(cfg, T, docs, dev, ac, capturable=False):
+def sft_setup(cfg, T, docs, dev, ac):
     """A fresh fp32 model (per-layer checkpointing if `ac`), its loss module and fused AdamW, and one packed
     row of T random tokens in documents of the given lengths, all supervised."""
     from h1r.checkpoint import init_model
@@ -132,7 +132,7 @@ def sft_setup(cfg, T, docs, dev, ac, capturable=False):
     model.set_activation_checkpointing(ac)
     model.train()
     lossmod = TokenNLL(model, fused=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True, capturable=capturable)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     ids = torch.randint(10, cfg.vocab_size - 1, (1, T), device=dev)
     mask = torch.ones(1, T, dtype=torch.bool, device=dev)
     return model, lossmod, opt, ids, packed_reset(T, docs, dev), mask
@@ -145,66 +145,56 @@ def packed_reset(T: int, docs: list[int], dev) -> torch.Tensor:
     return reset
 
 
-def graphed_step_time(cfg, T, docs, dev, ac, steps=5, capacity=64) -> dict:
-    """The same SFT step captured whole in one CUDA graph (the documents' description, forward, backward,
-    clipping, capturable AdamW) and replayed: the step with no host in the loop. The documents enter as data
-    (DenseContext's doc_capacity, the conv read from the document index), so after timing, a second layout
-    is copied in and the replay's loss is compared with an eager forward on it ("layout_change")."""
-    import h1r.model.kernels.train as TK
-    from h1r.model.context import DenseContext
-    from h1r.model.kernels.graphs import release_all
-    from h1r.train.loss import scored_positions
+def graphed_step_time(cfg, T, docs, dev, ac, steps=5) -> dict:
+    """The SFT trainer's `cuda_graph` step (h1r.train.graphed_step): the micro-batch's forward and backward
+    replayed from one CUDA graph, then clipping and fused AdamW as the trainer runs them. The documents enter
+    as data, so after timing a second layout is replayed and its loss compared with an eager forward on the
+    same weights ("layout_change")."""
+    from h1r.train.batching import MicroBatch
+    from h1r.train.graphed_step import GraphedMicroStep
 
-    model, lossmod, opt, ids, reset, mask = sft_setup(cfg, T, docs, dev, ac, capturable=True)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)  # no weight-cast cache in a graph
-    positions = scored_positions(mask)  # every position is scored here: a fixed count
-    doc_conv_was, TK.DOC_CONV = TK.DOC_CONV, True  # fla's conv reads the layout on the host
+    model, lossmod, opt, ids, reset, mask = sft_setup(cfg, T, docs, dev, ac)
+    micro = GraphedMicroStep(lossmod, 1, T, dev, 0, False, torch.bfloat16)
 
-    def body():
-        with autocast:
-            ctx = DenseContext(None, ids.shape, dev, None, reset, None, doc_capacity=capacity)
-            loss = lossmod(ids, mask, reset=reset, positions=positions, ctx=ctx).mean()
-        loss.backward()
+    def batch(reset):
+        return MicroBatch(ids.cpu(), mask.cpu(), mask.float().cpu(), None, reset.cpu(), T, T)
+
+    b = batch(reset)
+
+    def step(b):
+        loss, _ = micro(b, 1.0 / (T - 1))
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        opt.zero_grad(set_to_none=False)
         return loss
 
     try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up: compile, autotune, optimizer state
-            for _ in range(3):
-                opt.zero_grad(set_to_none=True)
-                body()
-        torch.cuda.current_stream().wait_stream(side)
-        release_all()  # the per-layer graphs of the warm-up; inside the capture the kernels run as they are
-        graph = torch.cuda.CUDAGraph()
-        opt.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            loss = body()
-        graph.replay()
+        for _ in range(micro.warmup + 1):  # eager warm-ups, then the capture and first replay
+            step(b)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
         for _ in range(steps):
-            graph.replay()
+            loss = step(b)
+        host = (time.perf_counter() - t) / steps
         torch.cuda.synchronize()
         dt = (time.perf_counter() - t) / steps
         # the graph's buffers live in its private pool, freed back to it after capture: max_memory_allocated
         # would miss them, so report what the caching allocator holds
-        out = {"seconds": dt, "tok_s": T / dt, "loss": float(loss.detach()),
-               "reserved_memory_GB": torch.cuda.memory_reserved() / 1e9}
-        reset.copy_(packed_reset(T, documents(T, torch.Generator().manual_seed(1)), dev))  # another layout
-        with torch.no_grad(), autocast:
-            eager = float(lossmod(ids, mask, reset=reset).mean())  # the current weights, read op by op
-        graph.replay()  # its loss is taken before its own optimizer step: the same weights
-        out["layout_change"] = {"graph_loss": float(loss.detach()), "eager_loss": eager}
+        out = {"seconds": dt, "tok_s": T / dt, "host_queue_seconds": host, "loss": float(loss),
+               "reserved_memory_GB": torch.cuda.memory_reserved() / 1e9, "stats": dict(micro.stats)}
+        other = packed_reset(T, documents(T, torch.Generator().manual_seed(1)), dev)  # another layout
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            eager = float(lossmod(ids, mask, reset=other).mean())  # the current weights, read op by op
+        replayed = float(micro(batch(other), 1.0 / (T - 1))[0])
+        opt.zero_grad(set_to_none=False)
+        out["layout_change"] = {"graph_loss": replayed, "eager_loss": eager, "replays": micro.stats["replays"]}
         return out
-    except Exception as e:  # an experiment: report why it did not capture, keep the other rows
+    except Exception as e:  # report why it did not capture, keep the other rows
+        traceback.print_exc()
         return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
     finally:
-        TK.DOC_CONV = doc_conv_was
-        del model, lossmod, opt
+        del model, lossmod, opt, micro
         gc.collect()
         torch.cuda.empty_cache()
 
@@ -377,6 +367,19 @@ def parse_ac(text: str) -> bool | float:
     return value
 
 
+def parse_setting(item: str):
+    """"module.attr=literal" -> the literal's value; ValueError naming what is wrong."""
+    import ast
+
+    name, eq, value = item.partition("=")
+    if not eq or "." not in name:
+        raise ValueError("expected MODULE.ATTR=VALUE")
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        raise ValueError(f"{value!r} is not a Python literal") from None
+
+
 def ac_label(ac: bool | float) -> str:
     return ("on" if ac else "off") if isinstance(ac, bool) else f"{ac:g}"
 
@@ -391,8 +394,11 @@ def main(argv=None):
     ap.add_argument("--hf-lengths", default="8192")
     for _, flag, _, _, what, _ in VARIANTS:
         ap.add_argument(flag, default="", help=f"also time these lengths with {what}")
-    ap.add_argument("--graph-step-lengths", default="",
-                    help="also time these lengths as one CUDA graph per step (graphed_step_time)")
+    ap.add_argument("--cuda-graph-lengths", default="",
+                    help="also time these lengths with the SFT trainer's cuda_graph step (graphed_step_time)")
+    ap.add_argument("--set", action="append", default=[], metavar="MODULE.ATTR=VALUE",
+                    help="set a module attribute (a Python literal) for the whole run, e.g. "
+                         "h1r.model.kernels.doc_conv.LAUNCH=\"{...}\"; recorded in the JSON")
     ap.add_argument("--out", default="bench/results/train_gpu.json")
     ap.add_argument("--profile", action="store_true", help="profile steady-state steps of the first preset/length/ac")
     ap.add_argument("--sync-debug", action="store_true",
@@ -402,6 +408,15 @@ def main(argv=None):
         acs = [parse_ac(a) for a in args.ac.split(",")]
     except argparse.ArgumentTypeError as e:
         ap.error(str(e))
+    settings = {}
+    for item in args.set:
+        try:
+            settings[item.split("=", 1)[0]] = parse_setting(item)
+        except ValueError as e:
+            ap.error(f"--set {item!r}: {e}")
+    for name, value in settings.items():
+        module, attr = name.rsplit(".", 1)
+        setattr(importlib.import_module(module), attr, value)
     import h1r.model.falcon_h1 as fh
     from h1r.config import preset
 
@@ -416,7 +431,8 @@ def main(argv=None):
         print(f"wall {1e3 * dt:.0f} ms per step ({1e3 * host:.0f} ms to queue it), peak {peak:.1f} GB", flush=True)
         return
     rate = matmul_rate(dev)
-    res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "matmul_TFLOPs": rate / 1e12, "runs": []}
+    res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "matmul_TFLOPs": rate / 1e12,
+           "settings": {k: repr(v) for k, v in settings.items()}, "runs": []}
     print(f"bf16 matmul rate {rate / 1e12:.0f} TFLOP/s", flush=True)
     print(f"{'preset':<22}{'tokens':>7}{'AC':>4}{'tok/s':>9}{'MFU':>7}{'peak GB':>9}{'HF tok/s':>10}{'speedup':>9}", flush=True)
     for name in args.presets.split(","):
@@ -429,10 +445,10 @@ def main(argv=None):
                     lengths = getattr(args, flag.lstrip("-").replace("-", "_"))
                     if "error" not in r and str(T) in lengths.split(","):
                         r[key] = time_variant(cfg, T, docs, dev, ac, switches, value, r["model_flops"] / rate)
-                if "error" not in r and str(T) in args.graph_step_lengths.split(","):
-                    r["graph_step"] = graphed_step_time(cfg, T, docs, dev, ac)
-                    if "seconds" in r["graph_step"]:
-                        r["graph_step"]["MFU"] = r["model_flops"] / r["graph_step"]["seconds"] / rate
+                if "error" not in r and str(T) in args.cuda_graph_lengths.split(","):
+                    r["cuda_graph"] = graphed_step_time(cfg, T, docs, dev, ac)
+                    if "seconds" in r["cuda_graph"]:
+                        r["cuda_graph"]["MFU"] = r["model_flops"] / r["cuda_graph"]["seconds"] / rate
                 if "error" not in r and ac == acs[0] and str(T) in args.hf_lengths.split(","):
                     hf = hf_step_time(cfg, T, dev)  # transformers needs gradient checkpointing to fit
                     r["transformers"] = hf
@@ -446,8 +462,9 @@ def main(argv=None):
                       f"{r.get('speedup_vs_transformers', 0):>8.1f}x  {hf.get('error', r.get('error', ''))}"
                       + "".join(f"  {label} {r[key]['tok_s']:.0f} tok/s ({100 * r[key]['MFU']:.1f}%)"
                                 for key, _, _, _, _, label in VARIANTS if key in r)
-                      + (f"  one graph per step {r['graph_step']['tok_s']:.0f} tok/s" if "tok_s" in r.get("graph_step", {})
-                         else f"  graph step: {r['graph_step']['error']}" if "graph_step" in r else "")
+                      + (f"  cuda_graph {r['cuda_graph']['tok_s']:.0f} tok/s ({r['cuda_graph']['MFU']:.1%})"
+                         if "tok_s" in r.get("cuda_graph", {})
+                         else f"  cuda_graph: {r['cuda_graph']['error']}" if "cuda_graph" in r else "")
                       + (f"  (queued in {r['host_queue_seconds'] / r['seconds']:.0%} of the step)" if "seconds" in r else ""),
                       flush=True)
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # after every run: a cut-off run keeps its rows

@@ -20,10 +20,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def half_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the `dtype` setting, None for fp32: "auto" = bf16 on GPU, fp32 on CPU."""
+    return torch.bfloat16 if dtype == "bf16" or (dtype == "auto" and device.type == "cuda") else None
+
+
 def compute_autocast(dtype: str, device: torch.device):
-    """bf16 autocast (weights and optimiser state stay fp32) where asked; "auto" = bf16 on GPU, fp32 on CPU."""
-    use_bf16 = dtype == "bf16" or (dtype == "auto" and device.type == "cuda")
-    if not use_bf16:
+    """bf16 autocast (weights and optimiser state stay fp32) where asked."""
+    if half_dtype(dtype, device) is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 

@@ -65,6 +65,10 @@ class SFTConfig:
     dtype: Literal["auto", "bf16", "fp32"] = "auto"  # compute dtype (autocast); auto = bf16 on GPU, fp32 on CPU
     # recompute decoder layers in the backward: true for all, a fraction in (0, 1] for that share, evenly spread
     activation_checkpointing: bool | float = False
+    # replay each micro-batch's forward+backward from a CUDA graph (h1r.train.graphed_step): one process,
+    # rows laid out as micro_batch_size x max_seq_len, the host out of the loop
+    cuda_graph: bool = False
+    graph_docs_per_row: int = 128  # documents a row may hold in the graph; a micro-batch with more runs eagerly
     cpu_threads: int | None = None  # torch.set_num_threads when training on CPU (None: torch's default;
     #                                 1 is often fastest on a busy machine; bit-exact resume needs the same value)
     # ---- checkpoints, logs ---------------------------------------------------------------------------
@@ -86,7 +90,8 @@ class SFTConfig:
             raise ConfigError("data is required (one or more JSONL files)")
         if not Path(self.model).is_dir():
             raise ConfigError(f"model: {self.model} is not a directory")
-        for name in ("epochs", "batch_size", "micro_batch_size", "max_seq_len", "log_every", "keep_last"):
+        for name in ("epochs", "batch_size", "micro_batch_size", "max_seq_len", "log_every", "keep_last",
+                     "graph_docs_per_row"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -94,6 +99,8 @@ class SFTConfig:
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ConfigError(f"cpu_threads must be >= 1, got {self.cpu_threads}")
         check_activation_checkpointing(self.activation_checkpointing)
+        if self.cuda_graph and self.device == "cpu":
+            raise ConfigError("cuda_graph needs a CUDA device, but device is cpu")
         if self.save_every < 0:
             raise ConfigError(f"save_every must be >= 0, got {self.save_every}")
         if self.max_seq_len < 2:

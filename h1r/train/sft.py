@@ -20,11 +20,12 @@ import torch.distributed as dist
 from h1r.errors import CheckpointError, ConfigError
 from h1r.train.batching import DataStream, collate, plan_rows, rank_micro_batches
 from h1r.train.checkpointing import CheckpointManager, export_hf_model
-from h1r.train.common import compute_autocast, load_base_model, seed_everything, trim_metrics
+from h1r.train.common import compute_autocast, half_dtype, load_base_model, seed_everything, trim_metrics
 from h1r.train.config import RESUME_MUST_MATCH, SFTConfig
 from h1r.train.data import fingerprint, load_sft_examples
 from h1r.train.distributed import (DistInfo, all_reduce_sum, init_distributed, local_grad_norm_to_float,
                                    shard_model, shutdown_distributed)
+from h1r.train.graphed_step import GraphedMicroStep
 from h1r.train.loss import TokenNLL, global_token_mean
 from h1r.train.optim import build_adamw, build_scheduler
 from h1r.train.weighting import token_weight
@@ -59,12 +60,18 @@ def step_batches(examples, items, token_weights, cfg: SFTConfig, info: DistInfo,
 
 
 def optimizer_step(module, batches, optimizer, scheduler, info: DistInfo, autocast, use_weights: bool,
-                   clip: float) -> dict:
-    """Accumulate the global token-mean loss over this rank's micro-batches, clip, step. -> metrics."""
+                   clip: float, micro_step: GraphedMicroStep | None = None) -> dict:
+    """Accumulate the global token-mean loss over this rank's micro-batches, clip, step. -> metrics.
+    micro_step: run each micro-batch through it (fixed shapes, a CUDA graph) instead of the plain path."""
     n_sup, n_tok = all_reduce_sum([sum(b.n_supervised for b in batches), sum(b.n_tokens for b in batches)], info)
     loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
     nll_sum = torch.zeros((), dtype=torch.float64, device=info.device)
     for b in batches:
+        if micro_step is not None:
+            loss, nll = micro_step(b, info.world_size / max(float(n_sup), 1.0))
+            loss_sum += loss.double()
+            nll_sum += nll.double()
+            continue
         b = b.to(info.device)
         with autocast:
             nll = module(b.input_ids, b.target_mask, b.attention_mask, b.reset)  # [n]
@@ -77,7 +84,7 @@ def optimizer_step(module, batches, optimizer, scheduler, info: DistInfo, autoca
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=micro_step is None)  # a graph adds into the same .grad tensors
     loss_g, nll_g = all_reduce_sum([loss_sum.item() / info.world_size, nll_sum.item()], info)
     return dict(loss=loss_g, nll=nll_g / max(n_sup, 1.0), lr=lr, grad_norm=grad_norm, tokens=n_tok,
                 supervised_tokens=n_sup)
@@ -151,13 +158,23 @@ def _train(cfg: SFTConfig, info: DistInfo) -> Path:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     token_weights = [token_weight(e.weight, cfg.weighting) for e in examples]
     clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+    micro_step = None
+    if cfg.cuda_graph:
+        if info.device.type != "cuda":
+            raise ConfigError(f"cuda_graph needs a CUDA device; this run is on {info.device.type}")
+        if info.distributed:
+            raise ConfigError("cuda_graph runs in one process (FSDP2's hooks are not captured); drop it or torchrun")
+        micro_step = GraphedMicroStep(module, cfg.micro_batch_size, cfg.max_seq_len, info.device, pad_id,
+                                      cfg.weighting == "loss", half_dtype(cfg.dtype, info.device),
+                                      cfg.graph_docs_per_row)
     step_sleep = float(os.environ.get("H1R_DEBUG_STEP_SLEEP", "0") or 0)  # tests: time to kill a run
     bar = tqdm(total=total, initial=start, desc="sft", disable=not (info.is_main and cfg.progress), dynamic_ncols=True)
     try:
         for step in range(start, total):
             t0 = time.perf_counter()
             batches = step_batches(examples, stream.step_items(step), token_weights, cfg, info, pad_id)
-            m = optimizer_step(module, batches, optimizer, scheduler, info, autocast, cfg.weighting == "loss", clip)
+            m = optimizer_step(module, batches, optimizer, scheduler, info, autocast, cfg.weighting == "loss", clip,
+                               micro_step)
             dt, done = time.perf_counter() - t0, step + 1
             if logger is not None and (done % cfg.log_every == 0 or done == total):
                 logger.log(done, **m, tokens_per_s=m["tokens"] / dt, step_time_s=dt, epoch=stream.epoch_at(done))
