@@ -145,9 +145,12 @@ class _GraphedConv(torch.autograd.Function):
         return grads[0], grads[1], grads[2] if len(grads) > 2 else None, None
 
 
-# H1R_DOC_CONV=1: the conv through kernels/doc_conv.py, whose launch depends on the token count only (the
-# documents are data), the step toward one CUDA graph per training step; correct under the tests, untimed.
-DOC_CONV = flag("H1R_DOC_CONV", False)
+# The conv through kernels/doc_conv.py, whose launch depends on the token count only (the documents are data,
+# so one CUDA graph can serve any layout: the SFT trainer's cuda_graph needs it) and which reads the fp32 weight
+# as it is. Its speed against fla's is within the noise of the host-bound eager step: H200, 1.5B-deep at 16k
+# tokens, same process, 22,369 tok/s against fla's 23,277 (bench/results/train_gpu_2026-12-05a.json), where an
+# earlier run had it ahead. H1R_DOC_CONV=0: fla's varlen conv.
+DOC_CONV = flag("H1R_DOC_CONV", True)
 
 
 # a graph break inside a compiled layer (COMPILE_LAYERS): fla's kernels and the CUDA graphs run as they are
