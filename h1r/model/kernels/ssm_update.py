@@ -13,8 +13,10 @@ import triton.language as tl
 from h1r.model.kernels import pdl
 from h1r.model.kernels.launch import pdl_enter
 
-# the launch: BLOCK_P rows of one (sequence, head) state per program
-BLOCK_P, NUM_WARPS = 16, 4
+# the launch: BLOCK_P rows of one (sequence, head) state per program. H200, 7B shape, bf16 state, from a CUDA
+# graph: 8 rows beat the former 16 at batch 64 (54.8 against 57.0 us, 88.7% of copy bandwidth) and at batch 1
+# (1.91 against 2.03 us); 32 or 64 rows were slower (bench/results/decode_kernels_gpu_2026-12-05.json)
+BLOCK_P, NUM_WARPS = 8, 4
 
 
 @triton.jit
