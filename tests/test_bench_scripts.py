@@ -39,6 +39,9 @@ def module_globals(module: str) -> set[str]:
 @pytest.mark.parametrize("script,args,message", [
     ("train_gpu.py", ["--ac", "on,2"], "not a fraction"),
     ("train_gpu.py", ["--ac", "sometimes"], "not on, off or a fraction"),
+    ("train_gpu.py", ["--set", "h1r.x=[1,"], "is not a Python literal"),
+    ("train_gpu.py", ["--set", "nodot"], "expected MODULE.ATTR=VALUE"),
+    ("doc_conv_gpu.py", ["--tokens", "0"], "must be >= 1"),
     ("decode_kernels_gpu.py", ["--batches", "1,x"], "not a comma-separated list"),
     ("decode_kernels_gpu.py", ["--batches", "0"], "must lie in 1..--pool-slots"),
     ("decode_gpu.py", ["--batched-tokens", "0"], "--batched-tokens must be at least 1"),

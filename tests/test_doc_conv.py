@@ -1,6 +1,6 @@
 """The document-indexed training conv (h1r.model.kernels.doc_conv) against the reference conv with resets:
 values and gradients of x, weight and bias; documents starting anywhere (one-token documents, starts on and
-across the kernel's 64-token blocks), odd channel counts past one 128-channel block, strided inputs."""
+across the kernels' 16- to 128-token blocks), odd channel counts past 64- to 256-channel blocks, strided inputs."""
 
 import pytest
 import torch
@@ -18,9 +18,18 @@ from h1r.model.ssd_packed import doc_ids_from_cu  # noqa: E402
 CASES = [([70], 40), ([1, 63, 64, 1, 2, 66], 200), ([3, 129], 131), ([130], 257)]
 
 
+# the default launches, and the former ones (other tile shapes: blocks of tokens across documents, past the end)
+LAUNCHES = [None, {"fwd": (64, 128, 4), "bwd_g": (64, 128, 4), "bwd_dx": (64, 128, 4)}]
+
+
 @pytest.mark.parametrize("lens,C", CASES)
 @pytest.mark.parametrize("bias", [True, False])
-def test_values_and_gradients_match_the_reference(lens, C, bias):
+@pytest.mark.parametrize("launch", LAUNCHES, ids=["default", "other"])
+def test_values_and_gradients_match_the_reference(lens, C, bias, launch, monkeypatch):
+    import h1r.model.kernels.doc_conv as DC
+
+    if launch is not None:
+        monkeypatch.setattr(DC, "LAUNCH", launch)
     g = torch.Generator().manual_seed(C + len(lens))
     n = sum(lens)
     cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist())
