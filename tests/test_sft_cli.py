@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from h1r.cli import main
@@ -72,6 +73,13 @@ def test_bad_config(tmp_path, model_dir, capsys):
     assert "fewer than batch_size=64" in sft_error(capsys, "--config", str(cfg), "--batch_size", "64",
                                                             "--max_steps", "none")
     assert "config file" in sft_error(capsys, "--config", str(tmp_path / "missing.yaml"))
+    assert "cuda_graph needs a CUDA device, but device is cpu" in sft_error(
+        capsys, "--config", str(cfg), "--cuda_graph", "true", "--device", "cpu")
+    assert "graph_docs_per_row must be >= 1" in sft_error(capsys, "--config", str(cfg), "--graph_docs_per_row", "0")
+    if not torch.cuda.is_available():  # device auto resolves to the CPU: refused before any training
+        assert "cuda_graph needs a CUDA device; this run is on cpu" in sft_error(
+            capsys, "--config", str(cfg), "--cuda_graph", "true")
+        assert not (tmp_path / "run").exists()  # nothing written
 
 
 def test_model_dir_without_weights_or_tokenizer(tmp_path, model_dir, capsys):

@@ -126,6 +126,10 @@ def _train(cfg: SFTConfig, info: DistInfo) -> Path:
     from h1r.tokenizer import load_tokenizer
     from h1r.utils.metrics import MetricsLogger
 
+    if cfg.cuda_graph and info.device.type != "cuda":
+        raise ConfigError(f"cuda_graph needs a CUDA device; this run is on {info.device.type}")
+    if cfg.cuda_graph and info.distributed:
+        raise ConfigError("cuda_graph runs in one process (FSDP2's hooks are not captured); drop it or torchrun")
     seed_everything(cfg.seed)
     if cfg.cpu_threads is not None and info.device.type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)
@@ -160,10 +164,6 @@ def _train(cfg: SFTConfig, info: DistInfo) -> Path:
     clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
     micro_step = None
     if cfg.cuda_graph:
-        if info.device.type != "cuda":
-            raise ConfigError(f"cuda_graph needs a CUDA device; this run is on {info.device.type}")
-        if info.distributed:
-            raise ConfigError("cuda_graph runs in one process (FSDP2's hooks are not captured); drop it or torchrun")
         micro_step = GraphedMicroStep(module, cfg.micro_batch_size, cfg.max_seq_len, info.device, pad_id,
                                       cfg.weighting == "loss", half_dtype(cfg.dtype, info.device),
                                       cfg.graph_docs_per_row)
