@@ -299,6 +299,21 @@ def test_fused_chunk_output_matches_the_pytorch_path(lens, Q, P, N, G, scan, ato
         assert rel(a, b) < 1e-5, name
 
 
+def test_fused_kernels_take_other_warp_counts(monkeypatch):
+    """ssd_chunk.WARPS (the launch a device session may sweep) reaches both kernels and keeps them right."""
+    pytest.importorskip("triton")
+    from h1r.model.kernels import ssd_chunk
+
+    monkeypatch.setattr(ssd_chunk, "WARPS", {"fwd": (16, 4), "bwd": (2, 8)})
+    nc, G, H, Q, P, N = 2, 1, 2, 16, 4, 8
+    shapes = dict(xdt=(nc * Q, H, P), C=(nc * Q, G, N), S_in=(nc, G, N, H * P), CB=(nc, G, Q, Q), cs=(nc, Q, H))
+    t = {k: torch.zeros(v) for k, v in shapes.items()}
+    args = (t["xdt"], t["C"], t["S_in"], t["CB"], t["cs"], torch.zeros(nc * Q, dtype=torch.long))
+    assert [ssd_chunk._launch_args(*args, kind)[2]["num_warps"] for kind in ("fwd", "bwd")] == [16, 2]
+    lens, Q, P, N = FUSED_CASES[2]
+    test_fused_chunk_output_matches_the_pytorch_path(lens, Q, P, N, 2, True, True, monkeypatch)
+
+
 def test_fused_kernel_takes_tiles_of_16_to_128():
     """Chunks that are not a power of two in 16..128, and fp64, keep the PyTorch path."""
     pytest.importorskip("triton")

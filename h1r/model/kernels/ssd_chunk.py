@@ -126,7 +126,13 @@ def supported(Q: int, P: int, dtype: torch.dtype) -> bool:
     return Q in (16, 32, 64, 128) and P <= 256 and dtype in (torch.bfloat16, torch.float16, torch.float32)
 
 
-def _launch_args(xdt, C, S_in, CB, cs, doc):
+# warps per program, (Q < 128, Q >= 128), for the forward and the backward kernel. A [128, 128] fp32 tile is 64
+# registers a thread at 8 warps and the backward holds several (CB, L, dML, E): 16 warps may spill less; untimed,
+# try with bench/train_gpu.py --set 'h1r.model.kernels.ssd_chunk.WARPS={"fwd": (4, 8), "bwd": (4, 16)}'
+WARPS = {"fwd": (4, 8), "bwd": (4, 8)}
+
+
+def _launch_args(xdt, C, S_in, CB, cs, doc, kind: str):
     T, H, P = xdt.shape
     nc, G, Q, _ = CB.shape
     N = C.shape[-1]
@@ -138,7 +144,7 @@ def _launch_args(xdt, C, S_in, CB, cs, doc):
         raise ValueError(f"ssd chunk kernels: {T} tokens x {H} heads x {P} pass 2^31 elements; split the packed "
                          "batch (fewer tokens per call)")
     meta = dict(N=N, Q=Q, BP=max(16, triton.next_power_of_2(P)), BN=min(64, max(16, triton.next_power_of_2(N))),
-                PREC="ieee" if xdt.dtype == torch.float32 else "tf32", num_warps=8 if Q >= 128 else 4)
+                PREC="ieee" if xdt.dtype == torch.float32 else "tf32", num_warps=WARPS[kind][Q >= 128])
     return (nc, H), (H, G, H // G, P, S_in.stride(0), S_in.stride(1), S_in.stride(2)), meta
 
 
@@ -146,7 +152,7 @@ def chunk_output(xdt, C, S_in, CB, cs, doc) -> torch.Tensor:
     """xdt [T, H, P], C [T, G, N] (T = chunks * Q, padded), S_in [nc, G, N, Hg*P] (the state entering each
     chunk), CB [nc, G, Q, Q] fp32, cs [nc, Q, H] fp32 (within-chunk cumulative log-decay), doc [T] (document
     index, padding a document of its own) -> y [T, H, P] fp32."""
-    grid, dims, meta = _launch_args(xdt, C, S_in, CB, cs, doc)
+    grid, dims, meta = _launch_args(xdt, C, S_in, CB, cs, doc, "fwd")
     y = torch.empty(xdt.shape, device=xdt.device, dtype=torch.float32)
     _out_fwd_kernel[grid](xdt, C, S_in, CB, cs, doc, y, *dims, **meta)
     return y
@@ -155,7 +161,7 @@ def chunk_output(xdt, C, S_in, CB, cs, doc) -> torch.Tensor:
 def chunk_output_backward(dy, xdt, C, S_in, CB, cs, doc):
     """dy [T, H, P] fp32 -> dxdt (within-chunk part) [T, H, P] fp32, dcs [nc, Q, H] fp32, dCB [nc, G, Q, Q]
     fp32 (summed over each group's heads), dYo = dy * e [T, H, P] in xdt's dtype."""
-    grid, dims, meta = _launch_args(xdt, C, S_in, CB, cs, doc)
+    grid, dims, meta = _launch_args(xdt, C, S_in, CB, cs, doc, "bwd")
     dy = dy.float().contiguous()
     dx = torch.empty_like(dy)
     dcs = torch.empty_like(cs)
