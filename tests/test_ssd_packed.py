@@ -314,6 +314,31 @@ def test_fused_kernels_take_other_warp_counts(monkeypatch):
     test_fused_chunk_output_matches_the_pytorch_path(lens, Q, P, N, 2, True, True, monkeypatch)
 
 
+@pytest.mark.parametrize("lens,Q,P,N", [([3, 1, 12, 1, 7, 9, 20, 40], 32, 20, 80), ([70, 25, 1, 33], 64, 16, 16)])
+@pytest.mark.parametrize("atomic", [True, False])
+def test_backward_in_column_blocks_matches(lens, Q, P, N, atomic, monkeypatch):
+    """ssd_chunk.BWD_COLS: the backward over [Q, 16] column blocks of the tile (documents starting inside and
+    across the blocks) gives the PyTorch path's gradients; the whole-tile kernel is not called."""
+    pytest.importorskip("triton")
+    from h1r.model.kernels import ssd_chunk
+
+    monkeypatch.setattr(ssd_chunk, "BWD_COLS", 16)
+    monkeypatch.setattr(ssd_chunk, "_out_bwd_kernel", None)  # taking it would fail
+    test_fused_chunk_output_matches_the_pytorch_path(lens, Q, P, N, 2, True, atomic, monkeypatch)
+
+
+def test_column_blocks_that_do_not_tile_the_chunk_are_a_named_error(monkeypatch):
+    pytest.importorskip("triton")
+    from h1r.model.kernels import ssd_chunk
+
+    monkeypatch.setattr(ssd_chunk, "BWD_COLS", 24)
+    nc, G, H, Q, P, N = 1, 1, 2, 32, 4, 16
+    t = [torch.zeros(s) for s in ((nc * Q, H, P), (nc * Q, H, P), (nc * Q, G, N), (nc, G, N, H * P), (nc, G, Q, Q),
+                                  (nc, Q, H))]
+    with pytest.raises(ValueError, match="BWD_COLS=24: needs a power of two >= 16 that divides the chunk"):
+        ssd_chunk.chunk_output_backward(*t, torch.zeros(nc * Q, dtype=torch.long))
+
+
 def test_fused_kernel_takes_tiles_of_16_to_128():
     """Chunks that are not a power of two in 16..128, and fp64, keep the PyTorch path."""
     pytest.importorskip("triton")

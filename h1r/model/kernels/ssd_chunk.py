@@ -121,6 +121,64 @@ def _out_bwd_kernel(x_ptr, C_ptr, S_ptr, cb_ptr, cs_ptr, doc_ptr, dy_ptr, dx_ptr
     tl.store(dcs_ptr + tok * H + h, dcs)
 
 
+@triton.jit
+def _out_bwd_cols_kernel(x_ptr, C_ptr, S_ptr, cb_ptr, cs_ptr, doc_ptr, dy_ptr, dx_ptr, dcs_ptr, dcb_ptr, dyo_ptr,
+                         H, G, HG, P, s_sc, s_sg, s_sn,
+                         N: tl.constexpr, Q: tl.constexpr, QS: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                         PREC: tl.constexpr, ATOMIC: tl.constexpr):
+    """_out_bwd_kernel over the [Q, Q] tile in column blocks of QS (the source tokens s), so that only
+    [Q, QS] tiles are live at once instead of several [Q, Q] fp32 ones. Each block's column sums of E go
+    to dcs at its own tokens; after a barrier the program adds the row sums."""
+    c = tl.program_id(0)
+    h = tl.program_id(1)
+    g = h // HG
+    l = tl.arange(0, Q)
+    p = tl.arange(0, BP)
+    tok = c * Q + l
+    io = (tok[:, None] * H + h) * P + p[None, :]
+    pm = (p < P)[None, :]
+    cs = tl.load(cs_ptr + tok * H + h)  # [Q]
+    doc = tl.load(doc_ptr + tok)
+    prev = tl.load(doc_ptr + c * Q - 1, mask=c > 0, other=-1)
+    e = tl.where(doc == prev, tl.exp(cs), 0.0)
+    dy = tl.load(dy_ptr + io, mask=pm, other=0.0)  # [Q, BP] fp32
+    dyc = dy.to(x_ptr.dtype.element_ty)
+    rows = tl.zeros([Q], dtype=tl.float32)
+    for s0 in tl.static_range(0, Q, QS):
+        s = s0 + tl.arange(0, QS)
+        ts = c * Q + s
+        cs_s = tl.load(cs_ptr + ts * H + h)
+        doc_s = tl.load(doc_ptr + ts)
+        same = (doc[:, None] == doc_s[None, :]) & (l[:, None] >= s[None, :])
+        L = tl.where(same, tl.exp(cs[:, None] - cs_s[None, :]), 0.0)  # [Q, QS]
+        cb_off = ((c * G + g) * Q + l[:, None]) * Q + s[None, :]
+        CB = tl.load(cb_ptr + cb_off)
+        io_s = (ts[:, None] * H + h) * P + p[None, :]
+        xs = tl.load(x_ptr + io_s, mask=pm, other=0.0)  # [QS, BP]
+        dx = tl.dot(tl.trans((CB * L).to(xs.dtype)), dyc, input_precision=PREC)  # [QS, BP]
+        tl.store(dx_ptr + io_s, dx, mask=pm)
+        dML = tl.dot(dyc, tl.trans(xs), input_precision=PREC) * L  # [Q, QS]
+        E = dML * CB
+        rows += tl.sum(E, axis=1)
+        tl.store(dcs_ptr + ts * H + h, -tl.sum(E, axis=0))
+        if ATOMIC:
+            tl.atomic_add(dcb_ptr + cb_off, dML, sem="relaxed")
+        else:
+            tl.store(dcb_ptr + ((c * H + h) * Q + l[:, None]) * Q + s[None, :], dML)
+    y_in = _state_out(C_ptr, S_ptr, tok, c, g, h % HG, G, P, s_sc, s_sg, s_sn, N, Q, BP, BN, PREC)
+    tl.store(dyo_ptr + io, (dy * e[:, None]).to(dyo_ptr.dtype.element_ty), mask=pm)
+    tl.debug_barrier()  # the column sums stored above, by every thread of the program, are visible now
+    dcs = tl.load(dcs_ptr + tok * H + h) + rows + e * tl.sum(dy * y_in, axis=1)
+    tl.debug_barrier()  # every thread has read before any overwrites
+    tl.store(dcs_ptr + tok * H + h, dcs)
+
+
+# Columns of the [Q, Q] tile per pass of the backward: Q keeps _out_bwd_kernel; fewer runs
+# _out_bwd_cols_kernel, which holds [Q, BWD_COLS] tiles instead of [Q, Q] ones (they may spill at Q = 128).
+# Untimed: try bench/train_gpu.py --set h1r.model.kernels.ssd_chunk.BWD_COLS=64 on the cuda_graph row.
+BWD_COLS: int | None = None
+
+
 def supported(Q: int, P: int, dtype: torch.dtype) -> bool:
     """Chunk lengths the [Q, Q] tile takes (a power of two, 16..128) and the dtypes tl.dot takes."""
     return Q in (16, 32, 64, 128) and P <= 256 and dtype in (torch.bfloat16, torch.float16, torch.float32)
@@ -166,15 +224,22 @@ def chunk_output_backward(dy, xdt, C, S_in, CB, cs, doc):
     dx = torch.empty_like(dy)
     dcs = torch.empty_like(cs)
     dyo = torch.empty_like(xdt)
+    nc, G, Q, _ = CB.shape
+    cols = BWD_COLS if BWD_COLS is not None and BWD_COLS < Q else None
+    if cols is not None:
+        if cols < 16 or Q % cols or cols & (cols - 1):
+            raise ValueError(f"ssd_chunk.BWD_COLS={cols}: needs a power of two >= 16 that divides the chunk ({Q})")
+        kernel, meta = _out_bwd_cols_kernel, dict(meta, QS=cols)
+    else:
+        kernel = _out_bwd_kernel
     if DCB_ATOMIC:
         dcb = torch.zeros_like(CB)
-        _out_bwd_kernel[grid](xdt, C, S_in, CB, cs, doc, dy, dx, dcs, dcb, dyo, *dims, ATOMIC=True, **meta)
+        kernel[grid](xdt, C, S_in, CB, cs, doc, dy, dx, dcs, dcb, dyo, *dims, ATOMIC=True, **meta)
         return dx, dcs, dcb, dyo
-    nc, G, Q, _ = CB.shape
     H = xdt.shape[1]
     if nc * H * Q * Q >= 2 ** 31:
         raise ValueError(f"ssd chunk kernels: {nc} chunks x {H} heads of [{Q}, {Q}] dCB tiles pass 2^31 elements; "
                          "split the packed batch or set H1R_SSD_DCB_ATOMIC=1")
     dcb_heads = torch.empty(nc, H, Q, Q, device=CB.device, dtype=torch.float32)
-    _out_bwd_kernel[grid](xdt, C, S_in, CB, cs, doc, dy, dx, dcs, dcb_heads, dyo, *dims, ATOMIC=False, **meta)
+    kernel[grid](xdt, C, S_in, CB, cs, doc, dy, dx, dcs, dcb_heads, dyo, *dims, ATOMIC=False, **meta)
     return dx, dcs, dcb_heads.view(nc, G, H // G, Q, Q).sum(2), dyo
