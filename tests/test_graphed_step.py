@@ -57,6 +57,28 @@ def test_padding_is_a_document_and_weights_follow_the_predicted_token():
     assert torch.equal(w_plain, sup)
 
 
+def test_a_failed_capture_leaves_the_run_eager_with_a_warning(setup, monkeypatch):
+    """Out of memory (say) while capturing: the micro-batch and the rest run eagerly, with the same gradients."""
+    _, examples, lm = setup
+    batches = micro_batches(examples, True, mbs=1)
+    l_ref, g_ref = loss_and_grads(lm, batches, True)
+
+    def fail(self):
+        raise torch.OutOfMemoryError("no room for the graph")
+
+    monkeypatch.setattr(GraphedMicroStep, "_capture", fail)
+    lm.zero_grad(set_to_none=True)
+    step = GraphedMicroStep(TokenNLL(lm), 1, 160, torch.device("cpu"), 0, True, None, warmup=1)
+    step.use_graph = True  # as on CUDA
+    n_sup = sum(b.n_supervised for b in batches)
+    with pytest.warns(UserWarning, match="capturing the micro-step failed .*no room for the graph"):
+        total = sum(float(step(b, 1.0 / n_sup)[0]) for b in batches)
+    assert len(batches) >= 3 and step.stats == {"eager": len(batches), "captures": 0, "replays": 0, "over_capacity": 0}
+    assert not step.use_graph and total == pytest.approx(l_ref, rel=1e-5)
+    for n, p in lm.named_parameters():
+        torch.testing.assert_close(p.grad, g_ref[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
 def test_a_micro_batch_larger_than_the_layout_is_refused():
     b = collate([[(torch.arange(9), 0, 9, 1.0)]], pad_id=0, packed=True)
     with pytest.raises(ValueError, match="does not fit the fixed 1 x 8 layout"):

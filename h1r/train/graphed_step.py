@@ -14,7 +14,7 @@ What a graph needs, and how the step provides it:
   before the capture and are zeroed in place between steps (zero_grad(set_to_none=False)).
 The first `warmup` calls run eagerly (they compile and autotune; their gradients count like any other),
 the next one captures and every later call replays. A micro-batch with more documents than the capacity
-runs eagerly. Off CUDA the same fixed-shape step runs eagerly: the tests compare it with the plain path.
+runs eagerly; a capture that fails leaves the run eager, with a warning. Off CUDA the same fixed-shape step runs eagerly: the tests compare it with the plain path.
 """
 
 from __future__ import annotations
@@ -119,7 +119,16 @@ class GraphedMicroStep:
             self.stats["eager"] += 1
             return self._body(self.capacity if self.use_graph else None)
         if self.graph is None:
-            self._capture()
+            try:
+                self._capture()
+            except Exception as e:  # out of memory, an op that cannot be captured: keep training, eagerly
+                warnings.warn(f"cuda_graph: capturing the micro-step failed ({type(e).__name__}: {e}); this run "
+                              "goes on without the graph", stacklevel=2)
+                self.graph, self.out, self.use_graph = None, None, False
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.stats["eager"] += 1
+                return self._body(None)
         self.graph.replay()
         self.stats["replays"] += 1
         return self.out[0].clone(), self.out[1].clone()
