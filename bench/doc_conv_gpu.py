@@ -66,14 +66,22 @@ def main(argv=None):
     ys = torch.empty(N, C, device=dev, dtype=torch.bfloat16)
     rows = []
     for kernel in ("fwd", "bwd_g", "bwd_dx"):
-        for BT, BC, warps in itertools.product([16, 32, 64, 128], [64, 128, 256], [4, 8]):
-            if BT * BC > 16384:
-                continue
-            launch = {**default, kernel: (BT, BC, warps)}
+        launches = [(BT, BC, warps, 1) for BT, BC, warps in itertools.product([16, 32, 64, 128], [64, 128, 256], [4, 8])
+                    if BT * BC <= 16384]
+        if kernel == "bwd_g":  # _bwd_g4_kernel: several token blocks a program, sums taken once
+            launches += [(BT, BC, warps, steps) for BT, BC, warps, steps in
+                         itertools.product([16, 32], [64, 128], [4, 8], [4, 16]) if BT * BC <= 4096]
+        for BT, BC, warps, steps in launches:
+            launch = {**default, kernel: (BT, BC, warps) if steps == 1 else (BT, BC, warps, steps)}
             err = max(rel(a, r) for a, r in zip(run(launch), ref))
-            nb = triton_cdiv(N, BT)
+            nb = triton_cdiv(N, BT * steps)
             grid = (nb, triton_cdiv(C, BC))
-            if kernel == "fwd":
+            if kernel == "bwd_g" and steps > 1:
+                dw = torch.empty(nb, C, K, device=dev)
+                db = torch.empty(nb, C, device=dev)
+                fn = lambda: DC._bwd_g4_kernel[grid](x, doc, w, b, dy, g32, dw, db, N, C, x.stride(0), dy.stride(0),  # noqa: E731
+                                                     HAS_BIAS=True, BT=BT, BC=BC, STEPS=steps, num_warps=warps)
+            elif kernel == "fwd":
                 fn = lambda: DC._fwd_kernel[grid](x, doc, w, b, ys, N, C, x.stride(0), ys.stride(0), K=K, HAS_BIAS=True,  # noqa: E731
                                                   BT=BT, BC=BC, num_warps=warps)
             elif kernel == "bwd_g":
@@ -85,20 +93,21 @@ def main(argv=None):
                 fn = lambda: DC._bwd_dx_kernel[grid](g32, doc, w, dx, N, C, dx.stride(0), K=K, BT=BT, BC=BC,  # noqa: E731
                                                      num_warps=warps)
             us = graph_us(fn, reps=10, replays=5)
-            rows.append({"kernel": kernel, "BT": BT, "BC": BC, "num_warps": warps, "us": us,
+            rows.append({"kernel": kernel, "BT": BT, "BC": BC, "num_warps": warps, "steps": steps, "us": us,
                          "GBps": nbytes[kernel] / us / 1e3, "fraction": nbytes[kernel] / us * 1e6 / bw,
-                         "rel_err": err, "default": (BT, BC, warps) == tuple(default[kernel])})
+                         "rel_err": err, "default": launch[kernel] == tuple(default[kernel])})
     DC.LAUNCH = default
     print(f"{torch.cuda.get_device_name()}, copy {bw / 1e9:,.0f} GB/s, {N} tokens x {C} channels")
-    print(f"{'kernel':7s} {'BT':>4s} {'BC':>4s} {'warps':>5s} {'us':>8s} {'GB/s':>7s} {'of copy':>7s} {'rel err':>8s}")
+    print(f"{'kernel':7s} {'BT':>4s} {'BC':>4s} {'warps':>5s} {'steps':>5s} {'us':>8s} {'GB/s':>7s} {'of copy':>7s} "
+          f"{'rel err':>8s}")
     for r in rows:
-        print(f"{r['kernel']:7s} {r['BT']:4d} {r['BC']:4d} {r['num_warps']:5d} {r['us']:8.1f} {r['GBps']:7.0f} "
+        print(f"{r['kernel']:7s} {r['BT']:4d} {r['BC']:4d} {r['num_warps']:5d} {r['steps']:5d} {r['us']:8.1f} {r['GBps']:7.0f} "
               f"{r['fraction']:7.1%} {r['rel_err']:8.1e}" + (" (default)" if r["default"] else ""))
     best = {}
     for r in rows:
         if r["rel_err"] < 1e-3 and (r["kernel"] not in best or r["us"] < best[r["kernel"]]["us"]):
             best[r["kernel"]] = r
-    launch = {k: (v["BT"], v["BC"], v["num_warps"]) for k, v in best.items()}
+    launch = {k: (v["BT"], v["BC"], v["num_warps"]) + ((v["steps"],) if v["steps"] > 1 else ()) for k, v in best.items()}
     print("fastest correct launch: LAUNCH =", launch,
           "  per layer:", f"{sum(v['us'] for v in best.values()):.0f} us against the default's",
           f"{sum(r['us'] for r in rows if r['default']):.0f} us")

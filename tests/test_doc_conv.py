@@ -19,12 +19,13 @@ CASES = [([70], 40), ([1, 63, 64, 1, 2, 66], 200), ([3, 129], 131), ([130], 257)
 
 
 # the default launches, and the former ones (other tile shapes: blocks of tokens across documents, past the end)
-LAUNCHES = [None, {"fwd": (64, 128, 4), "bwd_g": (64, 128, 4), "bwd_dx": (64, 128, 4)}]
+LAUNCHES = [None, {"fwd": (64, 128, 4), "bwd_g": (64, 128, 4), "bwd_dx": (64, 128, 4)},
+            {"fwd": (32, 128, 4), "bwd_g": (16, 64, 4, 3), "bwd_dx": (16, 256, 4)}]  # bwd_g over 3 blocks a program
 
 
 @pytest.mark.parametrize("lens,C", CASES)
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("launch", LAUNCHES, ids=["default", "other"])
+@pytest.mark.parametrize("launch", LAUNCHES, ids=["default", "former", "g4"])
 def test_values_and_gradients_match_the_reference(lens, C, bias, launch, monkeypatch):
     import h1r.model.kernels.doc_conv as DC
 

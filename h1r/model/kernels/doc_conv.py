@@ -17,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-# each kernel's launch: (tokens, channels, warps) per program. Swept by bench/doc_conv_gpu.py on an H100 at a
+# each kernel's launch: (tokens, channels, warps) per program; for bwd_g a fourth entry > 1 runs _bwd_g4_kernel
+# over that many token blocks per program (K = 4; untimed, for the next sweep). Swept by bench/doc_conv_gpu.py on an H100 at a
 # 1.5B-deep layer (16k tokens x 2048 channels): 663 -> 515 us for the three kernels against the former
 # (64, 128, 4) for all; some larger tiles fall off a cliff (x10, spilling), so re-sweep before widening
 # (bench/results/doc_conv_gpu_2026-12-05.json)
@@ -78,6 +79,64 @@ def _bwd_g_kernel(x_ptr, doc_ptr, w_ptr, b_ptr, dy_ptr, g_ptr, dw_ptr, db_ptr, N
 
 
 @triton.jit
+def _tap(x_ptr, doc_ptr, t, c, tok, ch, d, sxt, back: tl.constexpr):
+    """x[t - back] where it is in t's document, else 0, fp32 [BT, BC]."""
+    s = t - back
+    ok = tok & (s >= 0)
+    ok = ok & (tl.load(doc_ptr + s, mask=ok, other=-1) == d)
+    return tl.load(x_ptr + s[:, None] * sxt + c[None, :], mask=ok[:, None] & ch[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _bwd_g4_kernel(x_ptr, doc_ptr, w_ptr, b_ptr, dy_ptr, g_ptr, dw_ptr, db_ptr, N, C, sxt, sdyt,
+                   HAS_BIAS: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, STEPS: tl.constexpr):
+    """_bwd_g_kernel for K = 4 over STEPS token blocks per program: the products g * x accumulate elementwise
+    in [BT, BC] tiles and are summed over tokens once at the end, not once per block (that kernel ran at ~27%
+    of copy bandwidth at its best launch, bench/results/doc_conv_gpu_2026-12-05.json)."""
+    pid = tl.program_id(0)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    ch = c < C
+    w0 = tl.load(w_ptr + c * 4, mask=ch, other=0.0).to(tl.float32)[None, :]
+    w1 = tl.load(w_ptr + c * 4 + 1, mask=ch, other=0.0).to(tl.float32)[None, :]
+    w2 = tl.load(w_ptr + c * 4 + 2, mask=ch, other=0.0).to(tl.float32)[None, :]
+    w3 = tl.load(w_ptr + c * 4 + 3, mask=ch, other=0.0).to(tl.float32)[None, :]
+    bias = tl.zeros([BC], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + c, mask=ch, other=0.0).to(tl.float32)
+    a0 = tl.zeros([BT, BC], dtype=tl.float32)
+    a1 = tl.zeros([BT, BC], dtype=tl.float32)
+    a2 = tl.zeros([BT, BC], dtype=tl.float32)
+    a3 = tl.zeros([BT, BC], dtype=tl.float32)
+    ab = tl.zeros([BT, BC], dtype=tl.float32)
+    for i in range(STEPS):
+        t = (pid * STEPS + i) * BT + tl.arange(0, BT)
+        tok = t < N
+        m2 = tok[:, None] & ch[None, :]
+        d = tl.load(doc_ptr + t, mask=tok, other=-2)
+        x0 = _tap(x_ptr, doc_ptr, t, c, tok, ch, d, sxt, 3)  # weight column j holds input t-3+j
+        x1 = _tap(x_ptr, doc_ptr, t, c, tok, ch, d, sxt, 2)
+        x2 = _tap(x_ptr, doc_ptr, t, c, tok, ch, d, sxt, 1)
+        x3 = _tap(x_ptr, doc_ptr, t, c, tok, ch, d, sxt, 0)
+        pre = bias[None, :] + x0 * w0 + x1 * w1 + x2 * w2 + x3 * w3
+        sig = tl.sigmoid(pre)
+        dy = tl.load(dy_ptr + t[:, None] * sdyt + c[None, :], mask=m2, other=0.0).to(tl.float32)
+        g = dy * sig * (1.0 + pre * (1.0 - sig))
+        tl.store(g_ptr + t[:, None] * C + c[None, :], g, mask=m2)
+        a0 += g * x0
+        a1 += g * x1
+        a2 += g * x2
+        a3 += g * x3
+        ab += g
+    base = dw_ptr + (pid * C + c) * 4
+    tl.store(base, tl.sum(a0, axis=0), mask=ch)
+    tl.store(base + 1, tl.sum(a1, axis=0), mask=ch)
+    tl.store(base + 2, tl.sum(a2, axis=0), mask=ch)
+    tl.store(base + 3, tl.sum(a3, axis=0), mask=ch)
+    if HAS_BIAS:
+        tl.store(db_ptr + pid * C + c, tl.sum(ab, axis=0), mask=ch)
+
+
+@triton.jit
 def _bwd_dx_kernel(g_ptr, doc_ptr, w_ptr, dx_ptr, N, C, sdxt, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     """dx[s] = sum_j w[:, j] * g[s+K-1-j] over the outputs in s's document."""
     s = tl.program_id(0) * BT + tl.arange(0, BT)
@@ -124,14 +183,19 @@ class DocConv(torch.autograd.Function):
         x, weight, bias, doc = ctx.saved_tensors
         N, C, K = x.shape[0], x.shape[1], weight.shape[1]
         dy = dy if dy.stride(1) == 1 else dy.contiguous()
-        BT, BC, warps = LAUNCH["bwd_g"]
-        nb = triton.cdiv(N, BT)
+        BT, BC, warps, *more = LAUNCH["bwd_g"]
+        steps = more[0] if more and K == 4 else 1  # token blocks per program (_bwd_g4_kernel, K = 4 only)
+        nb = triton.cdiv(N, BT * steps)
         g = torch.empty(N, C, device=x.device, dtype=torch.float32)
         dw = torch.empty(nb, C, K, device=x.device, dtype=torch.float32)
         db = torch.empty(nb, C, device=x.device, dtype=torch.float32) if bias is not None else dw
-        _bwd_g_kernel[(nb, triton.cdiv(C, BC))](
-            x, doc, weight, bias if bias is not None else weight, dy, g, dw, db, N, C, x.stride(0), dy.stride(0),
-            K=K, HAS_BIAS=bias is not None, BT=BT, BC=BC, num_warps=warps)
+        args = (x, doc, weight, bias if bias is not None else weight, dy, g, dw, db, N, C, x.stride(0), dy.stride(0))
+        if steps > 1:
+            _bwd_g4_kernel[(nb, triton.cdiv(C, BC))](*args, HAS_BIAS=bias is not None, BT=BT, BC=BC, STEPS=steps,
+                                                     num_warps=warps)
+        else:
+            _bwd_g_kernel[(nb, triton.cdiv(C, BC))](*args, K=K, HAS_BIAS=bias is not None, BT=BT, BC=BC,
+                                                    num_warps=warps)
         dx = torch.empty(N, C, device=x.device, dtype=x.dtype)
         BT, BC, warps = LAUNCH["bwd_dx"]
         _bwd_dx_kernel[(triton.cdiv(N, BT), triton.cdiv(C, BC))](
