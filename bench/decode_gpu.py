@@ -36,7 +36,8 @@ class NullTokenizer:
         raise ValueError("NullTokenizer cannot encode")
 
 
-def ceilings(dev):
+def copy_rate(dev) -> float:
+    """Bytes/s of a 2 GB device-to-device copy (read + write): the practical bandwidth ceiling."""
     x = torch.empty(int(2 * GB) // 2, dtype=torch.bfloat16, device=dev).normal_()
     y = torch.empty_like(x)
     for _ in range(3):
@@ -47,8 +48,11 @@ def ceilings(dev):
     for _ in range(n):
         y.copy_(x)
     torch.cuda.synchronize()
-    bw = 2 * x.numel() * 2 * n / (time.perf_counter() - t)
-    del x, y
+    return 2 * x.numel() * 2 * n / (time.perf_counter() - t)
+
+
+def ceilings(dev):
+    bw = copy_rate(dev)
     a = torch.randn(8192, 8192, dtype=torch.bfloat16, device=dev)
     b = torch.randn(8192, 8192, dtype=torch.bfloat16, device=dev)
     for _ in range(3):

@@ -16,7 +16,6 @@ import argparse
 import itertools
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,44 +23,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from decode_gpu import copy_rate, time_graph  # noqa: E402  (bench/ is the script's directory)
 from h1r.config import preset  # noqa: E402
 from h1r.model import ssd  # noqa: E402
-
-
-def copy_rate() -> float:
-    """Bytes/s of a 1 GiB device-to-device copy (read + write), the practical bandwidth ceiling."""
-    a = torch.empty(1 << 29, dtype=torch.int16, device="cuda")
-    b = torch.empty_like(a)
-    b.copy_(a)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(20):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    return 2 * a.numel() * 2 * 20 / (time.perf_counter() - t)
-
-
-def graph_us(fn, reps=20, replays=10) -> float:
-    """Microseconds per call of fn, from a CUDA graph of `reps` calls replayed `replays` times."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(reps):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        g.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / (reps * replays)
 
 
 def rel(a, b) -> float:
@@ -92,7 +56,7 @@ def ssm_rows(cfg, S, pool_slots, bw, launches):
         p = pool.clone()
         y = SU.ssm_state_update(p, slots, x, dt, dtb, A, B, C, D, block_p=bp, num_warps=nw)
         err = max(rel(y.view(S, H, P), yr), rel(p[slots], sr))
-        us = graph_us(lambda: SU.ssm_state_update(p, slots, x, dt, dtb, A, B, C, D, block_p=bp, num_warps=nw))
+        us = time_graph(lambda: SU.ssm_state_update(p, slots, x, dt, dtb, A, B, C, D, block_p=bp, num_warps=nw))
         rows.append({"kernel": "ssm_update", "batch": S, "block": bp, "num_warps": nw, "us": us,
                      "GBps": nbytes / us / 1e3, "fraction": nbytes / us * 1e6 / bw, "rel_err": err,
                      "default": (bp, nw) == (SU.BLOCK_P, SU.NUM_WARPS)})
@@ -116,7 +80,7 @@ def conv_rows(cfg, S, pool_slots, bw, launches):
         p = pool.clone()
         y = CU.conv_state_update(p, slots, x, w, b, block_c=bc, num_warps=nw)
         err = max(rel(y, yr), float(not torch.equal(p[slots], sr.to(p.dtype))))
-        us = graph_us(lambda: CU.conv_state_update(p, slots, x, w, b, block_c=bc, num_warps=nw))
+        us = time_graph(lambda: CU.conv_state_update(p, slots, x, w, b, block_c=bc, num_warps=nw))
         rows.append({"kernel": "conv_update", "batch": S, "block": bc, "num_warps": nw, "us": us,
                      "GBps": nbytes / us / 1e3, "fraction": nbytes / us * 1e6 / bw, "rel_err": err,
                      "default": (bc, nw) == (CU.BLOCK_C, CU.NUM_WARPS)})
@@ -139,7 +103,7 @@ def main(argv=None):
     if not torch.cuda.is_available():
         sys.exit("decode_kernels_gpu.py needs a CUDA GPU")
     cfg = preset(args.preset)
-    bw = copy_rate()
+    bw = copy_rate("cuda")
     rows = []
     for S in batches:
         rows += ssm_rows(cfg, S, args.pool_slots, bw, itertools.product([8, 16, 32, 64], [2, 4, 8]))

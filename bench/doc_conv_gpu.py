@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from decode_kernels_gpu import copy_rate, graph_us, rel  # noqa: E402  (bench/ is the script's directory)
+from decode_gpu import copy_rate, time_graph  # noqa: E402  (bench/ is the script's directory)
+from decode_kernels_gpu import rel  # noqa: E402
 from train_gpu import documents  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def main(argv=None):
         return [y.detach(), xs.grad, ws.grad, bs.grad]
 
     ref = run(default)
-    bw = copy_rate()
+    bw = copy_rate(dev)
     # compulsory bytes: fwd reads x, writes y; bwd_g reads x and dy, writes g (fp32); bwd_dx reads g, writes dx
     nbytes = {"fwd": N * C * 4, "bwd_g": N * C * (2 + 2 + 4), "bwd_dx": N * C * (4 + 2)}
     g32 = torch.empty(N, C, device=dev)
@@ -92,7 +93,7 @@ def main(argv=None):
             else:
                 fn = lambda: DC._bwd_dx_kernel[grid](g32, doc, w, dx, N, C, dx.stride(0), K=K, BT=BT, BC=BC,  # noqa: E731
                                                      num_warps=warps)
-            us = graph_us(fn, reps=10, replays=5)
+            us = time_graph(fn, calls=10, reps=5)
             rows.append({"kernel": kernel, "BT": BT, "BC": BC, "num_warps": warps, "steps": steps, "us": us,
                          "GBps": nbytes[kernel] / us / 1e3, "fraction": nbytes[kernel] / us * 1e6 / bw,
                          "rel_err": err, "default": launch[kernel] == tuple(default[kernel])})
