@@ -104,8 +104,8 @@ KERNEL_CATEGORIES = [
     ("compiled glue (Triton)", r"^triton_"),
     ("attention (flash)", r"flash"),  # before GEMM: flash's kernel names carry cutlass types
     ("GEMM (cuBLAS)", r"nvjet|gemm|xmma|cutlass|cublas"),
-    ("SSD (Triton)", r"^_(out|pass)_(fwd|bwd)_kernel"),
-    ("conv", r"conv1d|^_(fwd|bwd_g|bwd_dx)_kernel$"),
+    ("SSD (Triton)", r"^_(out|pass)_(fwd|bwd)(_cols)?_kernel"),
+    ("conv", r"conv1d|^_(fwd|bwd_g4?|bwd_dx)_kernel$"),
     ("optimizer", r"adam|multi_tensor"),
     ("copies / casts", r"copy|cast|CatArrayBatched|memcpy|memset|fill"),
     ("reductions", r"reduce"),
@@ -367,17 +367,26 @@ def parse_ac(text: str) -> bool | float:
     return value
 
 
-def parse_setting(item: str):
-    """"module.attr=literal" -> the literal's value; ValueError naming what is wrong."""
+def parse_setting(item: str) -> tuple[object, str, object]:
+    """"module.attr=literal" -> (the module, attr, the literal's value); ValueError naming what is wrong (an
+    attribute the module does not have is refused: a typo would otherwise time the defaults)."""
     import ast
 
-    name, eq, value = item.partition("=")
+    name, eq, text = item.partition("=")
     if not eq or "." not in name:
         raise ValueError("expected MODULE.ATTR=VALUE")
     try:
-        return ast.literal_eval(value)
+        value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        raise ValueError(f"{value!r} is not a Python literal") from None
+        raise ValueError(f"{text!r} is not a Python literal") from None
+    module_name, attr = name.rsplit(".", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"cannot import {module_name}: {e}") from None
+    if not hasattr(module, attr):
+        raise ValueError(f"{module_name} has no attribute {attr!r}")
+    return module, attr, value
 
 
 def ac_label(ac: bool | float) -> str:
@@ -411,12 +420,11 @@ def main(argv=None):
     settings = {}
     for item in args.set:
         try:
-            settings[item.split("=", 1)[0]] = parse_setting(item)
+            module, attr, value = parse_setting(item)
         except ValueError as e:
             ap.error(f"--set {item!r}: {e}")
-    for name, value in settings.items():
-        module, attr = name.rsplit(".", 1)
-        setattr(importlib.import_module(module), attr, value)
+        setattr(module, attr, value)
+        settings[f"{module.__name__}.{attr}"] = value
     import h1r.model.falcon_h1 as fh
     from h1r.config import preset
 

@@ -41,6 +41,8 @@ def module_globals(module: str) -> set[str]:
     ("train_gpu.py", ["--ac", "sometimes"], "not on, off or a fraction"),
     ("train_gpu.py", ["--set", "h1r.x=[1,"], "is not a Python literal"),
     ("train_gpu.py", ["--set", "nodot"], "expected MODULE.ATTR=VALUE"),
+    ("train_gpu.py", ["--set", "h1r.model.ssd_packed.COMPLIE=False"], "has no attribute 'COMPLIE'"),
+    ("train_gpu.py", ["--set", "h1r.no_such_module.X=1"], "cannot import h1r.no_such_module"),
     ("doc_conv_gpu.py", ["--tokens", "0"], "must be >= 1"),
     ("decode_kernels_gpu.py", ["--batches", "1,x"], "not a comma-separated list"),
     ("decode_kernels_gpu.py", ["--batches", "0"], "must lie in 1..--pool-slots"),
@@ -60,8 +62,8 @@ def test_profile_summary_sorts_kernels_into_the_steps_parts():
         ("triton_poi_fused__to_copy_mul_0", 1.0),  # Inductor's fused glue, though its name says copy
         ("nvjet_sm90_tst_320x128_64x3_1x2_h_bz_coopB_NNT", 4.0),
         ("void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel<Flash_bwd_kernel_traits<cutlass::bfloat16_t>>", 2.0),
-        ("_out_bwd_kernel", 1.5), ("_pass_fwd_kernel", 0.5),
-        ("causal_conv1d_bwd_kernel", 0.25), ("_bwd_dx_kernel", 0.25),
+        ("_out_bwd_kernel", 1.0), ("_out_bwd_cols_kernel", 0.5), ("_pass_fwd_kernel", 0.5),
+        ("causal_conv1d_bwd_kernel", 0.125), ("_bwd_g4_kernel", 0.125), ("_bwd_dx_kernel", 0.25),
         ("void at::native::unrolled_elementwise_kernel<copy>", 0.3),
         ("something new", 0.1),
     ])
