@@ -113,25 +113,25 @@ class GraphedMicroStep:
                 warnings.warn(f"a micro-batch holds {docs} documents, more than the CUDA graph's {self.capacity} "
                               "(docs_per_row x rows): such micro-batches run eagerly", stacklevel=2)
             self.stats["over_capacity"] += 1
-            self.stats["eager"] += 1
-            return self._body(None)
+            return self._eager(None)
         if not self.use_graph or self.calls <= self.warmup:  # warm-up: the graph's own path, compiled here
-            self.stats["eager"] += 1
-            return self._body(self.capacity if self.use_graph else None)
+            return self._eager(self.capacity if self.use_graph else None)
         if self.graph is None:
             try:
                 self._capture()
             except Exception as e:  # out of memory, an op that cannot be captured: keep training, eagerly
                 warnings.warn(f"cuda_graph: capturing the micro-step failed ({type(e).__name__}: {e}); this run "
                               "goes on without the graph", stacklevel=2)
-                self.graph, self.out, self.use_graph = None, None, False
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                self.stats["eager"] += 1
-                return self._body(None)
+                self.use_graph = False
+                torch.cuda.empty_cache()
+                return self._eager(None)
         self.graph.replay()
         self.stats["replays"] += 1
         return self.out[0].clone(), self.out[1].clone()
+
+    def _eager(self, capacity: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        self.stats["eager"] += 1
+        return self._body(capacity)
 
     def _capture(self) -> None:
         from h1r.model.kernels.graphs import release_all
@@ -142,11 +142,16 @@ class GraphedMicroStep:
                 p.grad = torch.zeros_like(p)
         release_all()  # the per-layer graphs of the eager calls: inside the capture the kernels run as they are
         torch.cuda.empty_cache()  # the eager calls' cached blocks, so the graph's pool finds the memory
-        before = [p.grad.data_ptr() for p in params]
+        grads = [p.grad for p in params]
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            out = self._body(self.capacity)
-        if [p.grad.data_ptr() for p in params] != before:  # autograd swapped a buffer: replays would not add
-            raise RuntimeError("CUDA graph capture replaced a parameter's .grad instead of adding into it")
+        try:
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                out = self._body(self.capacity)
+            swapped = any(p.grad is None or p.grad.data_ptr() != g.data_ptr() for p, g in zip(params, grads))
+            if swapped:  # replays would write elsewhere than into .grad
+                raise RuntimeError("CUDA graph capture replaced a parameter's .grad instead of adding into it")
+        finally:
+            for p, g in zip(params, grads):  # a capture only records: the gradients so far are these tensors
+                p.grad = g
         self.graph, self.out = graph, out
         self.stats["captures"] += 1
