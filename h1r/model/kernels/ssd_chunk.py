@@ -67,16 +67,21 @@ def _state_out(C_ptr, S_ptr, tok, c, g, hh, G, P, s_sc, s_sg, s_sn,
 
 
 @triton.jit
-def _out_fwd_kernel(x_ptr, C_ptr, S_ptr, cb_ptr, cs_ptr, doc_ptr, y_ptr, H, G, HG, P, s_sc, s_sg, s_sn,
-                    N: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+def _program_tile(H, HG, P, Q: tl.constexpr, BP: tl.constexpr):
+    """This program's chunk c, head h and group g; rows l [Q] and their tokens; columns p [BP]; offsets io
+    [Q, BP] into the token-major [T, H, P] tensors and the column mask pm [1, BP]."""
     c = tl.program_id(0)
     h = tl.program_id(1)
-    g = h // HG
     l = tl.arange(0, Q)
     p = tl.arange(0, BP)
-    tok = c * Q + l  # [Q] rows of the token-major tensors
-    io = (tok[:, None] * H + h) * P + p[None, :]  # [Q, BP] offsets into [T, H, P]
-    pm = (p < P)[None, :]
+    tok = c * Q + l
+    return c, h, h // HG, l, p, tok, (tok[:, None] * H + h) * P + p[None, :], (p < P)[None, :]
+
+
+@triton.jit
+def _out_fwd_kernel(x_ptr, C_ptr, S_ptr, cb_ptr, cs_ptr, doc_ptr, y_ptr, H, G, HG, P, s_sc, s_sg, s_sn,
+                    N: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    c, h, g, l, p, tok, io, pm = _program_tile(H, HG, P, Q, BP)
     L, e = _decays(cs_ptr, doc_ptr, c, h, H, Q)
     CB = tl.load(cb_ptr + ((c * G + g) * Q + l[:, None]) * Q + l[None, :])  # [Q, Q] fp32
     x = tl.load(x_ptr + io, mask=pm, other=0.0)  # [Q, BP]
@@ -90,14 +95,7 @@ def _out_bwd_kernel(x_ptr, C_ptr, S_ptr, cb_ptr, cs_ptr, doc_ptr, dy_ptr, dx_ptr
                     H, G, HG, P, s_sc, s_sg, s_sn,
                     N: tl.constexpr, Q: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
                     ATOMIC: tl.constexpr):
-    c = tl.program_id(0)
-    h = tl.program_id(1)
-    g = h // HG
-    l = tl.arange(0, Q)
-    p = tl.arange(0, BP)
-    tok = c * Q + l
-    io = (tok[:, None] * H + h) * P + p[None, :]
-    pm = (p < P)[None, :]
+    c, h, g, l, p, tok, io, pm = _program_tile(H, HG, P, Q, BP)
     L, e = _decays(cs_ptr, doc_ptr, c, h, H, Q)
     cb_off = ((c * G + g) * Q + l[:, None]) * Q + l[None, :]
     CB = tl.load(cb_ptr + cb_off)
@@ -129,14 +127,7 @@ def _out_bwd_cols_kernel(x_ptr, C_ptr, S_ptr, cb_ptr, cs_ptr, doc_ptr, dy_ptr, d
     """_out_bwd_kernel over the [Q, Q] tile in column blocks of QS (the source tokens s), so that only
     [Q, QS] tiles are live at once instead of several [Q, Q] fp32 ones. Each block's column sums of E go
     to dcs at its own tokens; after a barrier the program adds the row sums."""
-    c = tl.program_id(0)
-    h = tl.program_id(1)
-    g = h // HG
-    l = tl.arange(0, Q)
-    p = tl.arange(0, BP)
-    tok = c * Q + l
-    io = (tok[:, None] * H + h) * P + p[None, :]
-    pm = (p < P)[None, :]
+    c, h, g, l, p, tok, io, pm = _program_tile(H, HG, P, Q, BP)
     cs = tl.load(cs_ptr + tok * H + h)  # [Q]
     doc = tl.load(doc_ptr + tok)
     prev = tl.load(doc_ptr + c * Q - 1, mask=c > 0, other=-1)
