@@ -101,6 +101,21 @@ def test_cuda_graph_settings_are_checked(tmp_path):
         cfg.validate()
 
 
+def test_where_a_graphed_step_cannot_run_is_a_config_error(monkeypatch):
+    from h1r.errors import ConfigError
+    from h1r.train.graphed_step import check_supported
+
+    with pytest.raises(ConfigError, match="needs a CUDA device; this run is on cpu"):
+        check_supported(torch.device("cpu"))
+    with pytest.raises(ConfigError, match="runs in one process"):
+        check_supported(torch.device("cuda"), distributed=True)
+    import h1r.model.kernels.train as TK
+
+    monkeypatch.setattr(TK, "DOC_CONV", False)
+    with pytest.raises(ConfigError, match="needs the document-indexed conv"):
+        check_supported(torch.device("cuda"))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
 @pytest.mark.parametrize("ac", [False, True])

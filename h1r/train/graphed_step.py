@@ -54,17 +54,26 @@ def layout(b: MicroBatch, rows: int, T: int, pad_id: int, use_weights: bool):
     return ids, reset, w[:, 1:].reshape(-1), sup[:, 1:].reshape(-1), int(reset.sum())
 
 
+def check_supported(device: torch.device, distributed: bool = False) -> None:
+    """ConfigError unless a graphed micro-step can run here: CUDA, one process, the document-indexed conv."""
+    if device.type != "cuda":
+        raise ConfigError(f"cuda_graph needs a CUDA device; this run is on {device.type}")
+    if distributed:
+        raise ConfigError("cuda_graph runs in one process (FSDP2's hooks are not captured); drop it or torchrun")
+    from h1r.model.kernels import train as TK
+
+    if not TK.DOC_CONV:
+        raise ConfigError("cuda_graph needs the document-indexed conv (unset H1R_DOC_CONV=0): fla's varlen conv "
+                          "reads the document layout on the host")
+
+
 class GraphedMicroStep:
     def __init__(self, module: torch.nn.Module, rows: int, T: int, device: torch.device, pad_id: int,
                  use_weights: bool, half_dtype: torch.dtype | None, docs_per_row: int = 128, warmup: int = 2):
         """module: TokenNLL (one process; FSDP2's hooks are not captured). half_dtype: the autocast dtype
         or None (fp32). docs_per_row: the documents a row may hold in the graph (more run eagerly)."""
         if device.type == "cuda":
-            from h1r.model.kernels import train as TK
-
-            if not TK.DOC_CONV:
-                raise ConfigError("cuda_graph needs the document-indexed conv (unset H1R_DOC_CONV=0): fla's "
-                                  "varlen conv reads the document layout on the host")
+            check_supported(device)
         self.module, self.rows, self.T, self.device = module, rows, T, device
         self.pad_id, self.use_weights, self.half_dtype = pad_id, use_weights, half_dtype
         self.capacity = rows * docs_per_row

@@ -25,7 +25,7 @@ from h1r.train.config import RESUME_MUST_MATCH, SFTConfig
 from h1r.train.data import fingerprint, load_sft_examples
 from h1r.train.distributed import (DistInfo, all_reduce_sum, init_distributed, local_grad_norm_to_float,
                                    shard_model, shutdown_distributed)
-from h1r.train.graphed_step import GraphedMicroStep
+from h1r.train.graphed_step import GraphedMicroStep, check_supported
 from h1r.train.loss import TokenNLL, global_token_mean
 from h1r.train.optim import build_adamw, build_scheduler
 from h1r.train.weighting import token_weight
@@ -126,10 +126,8 @@ def _train(cfg: SFTConfig, info: DistInfo) -> Path:
     from h1r.tokenizer import load_tokenizer
     from h1r.utils.metrics import MetricsLogger
 
-    if cfg.cuda_graph and info.device.type != "cuda":
-        raise ConfigError(f"cuda_graph needs a CUDA device; this run is on {info.device.type}")
-    if cfg.cuda_graph and info.distributed:
-        raise ConfigError("cuda_graph runs in one process (FSDP2's hooks are not captured); drop it or torchrun")
+    if cfg.cuda_graph:  # before anything is loaded or written
+        check_supported(info.device, info.distributed)
     seed_everything(cfg.seed)
     if cfg.cpu_threads is not None and info.device.type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)
