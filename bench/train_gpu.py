@@ -161,11 +161,26 @@ def graphed_step_time(cfg, T, docs, dev, ac, steps=5) -> dict:
 
     b = batch(reset)
 
-    def step(b):
+    parts = ("micro_step", "clip", "optimizer")
+    marks: list[list] = []  # per timed step: [(host seconds, CUDA event)] at its start and after each part
+
+    def step(b, mark=False):
+        def note():
+            if mark:
+                e = torch.cuda.Event(enable_timing=True)
+                e.record()
+                marks[-1].append((time.perf_counter(), e))
+
+        if mark:
+            marks.append([])
+        note()
         loss, _ = micro(b, 1.0 / (T - 1))
+        note()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        note()
         opt.step()
         opt.zero_grad(set_to_none=False)
+        note()
         return loss
 
     try:
@@ -175,7 +190,7 @@ def graphed_step_time(cfg, T, docs, dev, ac, steps=5) -> dict:
         torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
         for _ in range(steps):
-            loss = step(b)
+            loss = step(b, mark=True)
         host = (time.perf_counter() - t) / steps
         torch.cuda.synchronize()
         dt = (time.perf_counter() - t) / steps
@@ -183,6 +198,15 @@ def graphed_step_time(cfg, T, docs, dev, ac, steps=5) -> dict:
         # would miss them, so report what the caching allocator holds
         out = {"seconds": dt, "tok_s": T / dt, "host_queue_seconds": host, "loss": float(loss),
                "reserved_memory_GB": torch.cuda.memory_reserved() / 1e9, "stats": dict(micro.stats)}
+        # where a step's time goes: per part, mean GPU ms between its events (idle gaps included) and mean host
+        # ms spent issuing it; "between_steps" is the GPU time from one step's last event to the next's first
+        out["parts_ms"] = {
+            name: {"gpu": sum(m[i][1].elapsed_time(m[i + 1][1]) for m in marks) / steps,
+                   "host": 1e3 * sum(m[i + 1][0] - m[i][0] for m in marks) / steps}
+            for i, name in enumerate(parts)}
+        out["parts_ms"]["between_steps"] = {
+            "gpu": sum(a[-1][1].elapsed_time(b_[0][1]) for a, b_ in zip(marks, marks[1:])) / max(steps - 1, 1),
+            "host": 1e3 * sum(b_[0][0] - a[-1][0] for a, b_ in zip(marks, marks[1:])) / max(steps - 1, 1)}
         other = packed_reset(T, documents(T, torch.Generator().manual_seed(1)), dev)  # another layout
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             eager = float(lossmod(ids, mask, reset=other).mean())  # the current weights, read op by op
@@ -475,6 +499,10 @@ def main(argv=None):
                          else f"  cuda_graph: {r['cuda_graph']['error']}" if "cuda_graph" in r else "")
                       + (f"  (queued in {r['host_queue_seconds'] / r['seconds']:.0%} of the step)" if "seconds" in r else ""),
                       flush=True)
+                if "parts_ms" in r.get("cuda_graph", {}):
+                    print("    cuda_graph step, ms (GPU / host): " + ", ".join(
+                        f"{k} {v['gpu']:.1f} / {v['host']:.1f}" for k, v in r["cuda_graph"]["parts_ms"].items()),
+                        flush=True)
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # after every run: a cut-off run keeps its rows
                 Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
 

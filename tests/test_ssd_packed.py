@@ -200,10 +200,12 @@ def test_layout_is_reused_for_one_doc_tensor_and_rebuilt_for_another():
 
 
 def test_training_dispatch(monkeypatch):
-    """With gradients the training SSD is ssd_packed; forward-only calls keep fla's chunked forward; an
-    unknown H1R_TRAIN_SSD is an error that names it."""
+    """With gradients the training SSD is ssd_packed; forward-only calls keep fla's chunked forward where
+    fla-core is installed (tests/test_train_kernel_gate.py: where not); an unknown H1R_TRAIN_SSD is an error
+    that names it."""
     import h1r.model.kernels.train as TK
 
+    monkeypatch.setattr(TK, "fla_available", lambda: True)
     lens = [6, 10]
     x, dt, A, B, C, cu = make(lens, 2, 3, 4, 1, torch.float64, seed=19)
     calls = []
@@ -314,17 +316,30 @@ def test_fused_kernels_take_other_warp_counts(monkeypatch):
     test_fused_chunk_output_matches_the_pytorch_path(lens, Q, P, N, 2, True, True, monkeypatch)
 
 
-@pytest.mark.parametrize("lens,Q,P,N", [([3, 1, 12, 1, 7, 9, 20, 40], 32, 20, 80), ([70, 25, 1, 33], 64, 16, 16)])
+@pytest.mark.parametrize("lens,Q,P,N,cols", [([3, 1, 12, 1, 7, 9, 20, 40], 32, 20, 80, 16),
+                                              ([70, 25, 1, 33], 64, 16, 16, 16),
+                                              ([100, 1, 60, 97], 128, 16, 16, 64)])  # the default's split
 @pytest.mark.parametrize("atomic", [True, False])
-def test_backward_in_column_blocks_matches(lens, Q, P, N, atomic, monkeypatch):
-    """ssd_chunk.BWD_COLS: the backward over [Q, 16] column blocks of the tile (documents starting inside and
+def test_backward_in_column_blocks_matches(lens, Q, P, N, cols, atomic, monkeypatch):
+    """ssd_chunk.BWD_COLS: the backward over [Q, cols] column blocks of the tile (documents starting inside and
     across the blocks) gives the PyTorch path's gradients; the whole-tile kernel is not called."""
     pytest.importorskip("triton")
     from h1r.model.kernels import ssd_chunk
 
-    monkeypatch.setattr(ssd_chunk, "BWD_COLS", 16)
+    monkeypatch.setattr(ssd_chunk, "BWD_COLS", cols)
     monkeypatch.setattr(ssd_chunk, "_out_bwd_kernel", None)  # taking it would fail
     test_fused_chunk_output_matches_the_pytorch_path(lens, Q, P, N, 2, True, atomic, monkeypatch)
+
+
+@pytest.mark.parametrize("lens,Q,P,N", [([3, 1, 12, 1, 7, 9, 20, 40], 32, 20, 80), ([100, 1, 60, 97], 128, 16, 16)])
+def test_backward_over_the_whole_tile_matches(lens, Q, P, N, monkeypatch):
+    """BWD_COLS=None (the whole [Q, Q] tile a program, the default before 2026-12-05) stays right."""
+    pytest.importorskip("triton")
+    from h1r.model.kernels import ssd_chunk
+
+    monkeypatch.setattr(ssd_chunk, "BWD_COLS", None)
+    monkeypatch.setattr(ssd_chunk, "_out_bwd_cols_kernel", None)  # taking it would fail
+    test_fused_chunk_output_matches_the_pytorch_path(lens, Q, P, N, 2, True, True, monkeypatch)
 
 
 def test_column_blocks_that_do_not_tile_the_chunk_are_a_named_error(monkeypatch):

@@ -18,11 +18,12 @@ import triton
 import triton.language as tl
 
 # each kernel's launch: (tokens, channels, warps) per program; for bwd_g a fourth entry > 1 runs _bwd_g4_kernel
-# over that many token blocks per program (K = 4; untimed, for the next sweep). Swept by bench/doc_conv_gpu.py
+# over that many token blocks per program, taking the dw/db sums once per program. Swept by bench/doc_conv_gpu.py
 # on an H100 at a 1.5B-deep layer (16k tokens x 2048 channels): 663 -> 515 us for the three kernels against
-# the former (64, 128, 4) for all; some larger tiles fall off a cliff (x10, maybe spilling), so re-sweep
-# before widening (bench/results/doc_conv_gpu_2026-12-05.json)
-LAUNCH = {"fwd": (32, 128, 4), "bwd_g": (128, 64, 4), "bwd_dx": (16, 256, 4)}
+# the former (64, 128, 4) for all (doc_conv_gpu_2026-12-05.json), then bwd_g 330 -> 193 us with 16 blocks a
+# program (doc_conv_gpu_2026-12-05b_h100.json). Some larger tiles fall off a cliff (x10, maybe spilling), so
+# re-sweep before widening.
+LAUNCH = {"fwd": (32, 128, 4), "bwd_g": (16, 128, 4, 16), "bwd_dx": (16, 256, 4)}
 
 
 @triton.jit

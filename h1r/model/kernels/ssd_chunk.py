@@ -164,10 +164,11 @@ def _out_bwd_cols_kernel(x_ptr, C_ptr, S_ptr, cb_ptr, cs_ptr, doc_ptr, dy_ptr, d
     tl.store(dcs_ptr + tok * H + h, dcs)
 
 
-# Columns of the [Q, Q] tile per pass of the backward: Q keeps _out_bwd_kernel; fewer runs
-# _out_bwd_cols_kernel, which holds [Q, BWD_COLS] tiles instead of [Q, Q] ones (they may spill at Q = 128).
-# Untimed: try bench/train_gpu.py --set h1r.model.kernels.ssd_chunk.BWD_COLS=64 on the cuda_graph row.
-BWD_COLS: int | None = None
+# Columns of the [Q, Q] tile per pass of the backward: None (or Q) keeps _out_bwd_kernel; fewer runs
+# _out_bwd_cols_kernel, which holds [Q, BWD_COLS] tiles instead of [Q, Q] ones. 64: the 1.5B-deep cuda_graph
+# step at 16k tokens, half the layers checkpointed, H100: micro-step 793 -> 779 ms of GPU time (two baseline
+# runs 792.7 and 793.2; bench/results/train_gpu_2026-12-05d_h100.json). Q < 64 keeps the whole tile.
+BWD_COLS: int | None = 64
 
 
 def supported(Q: int, P: int, dtype: torch.dtype) -> bool:
@@ -175,9 +176,8 @@ def supported(Q: int, P: int, dtype: torch.dtype) -> bool:
     return Q in (16, 32, 64, 128) and P <= 256 and dtype in (torch.bfloat16, torch.float16, torch.float32)
 
 
-# warps per program, (Q < 128, Q >= 128), for the forward and the backward kernel. A [128, 128] fp32 tile is 64
-# registers a thread at 8 warps and the backward holds several (CB, L, dML, E): 16 warps may spill less; untimed,
-# try with bench/train_gpu.py --set 'h1r.model.kernels.ssd_chunk.WARPS={"fwd": (4, 8), "bwd": (4, 16)}'
+# warps per program, (Q < 128, Q >= 128), for the forward and the backward kernel. 16 warps for the backward
+# at Q = 128 was slower (micro-step 798 against 793 ms, bench/results/train_gpu_2026-12-05d_h100.json).
 WARPS = {"fwd": (4, 8), "bwd": (4, 8)}
 
 
