@@ -114,6 +114,14 @@ def test_where_a_graphed_step_cannot_run_is_a_config_error(monkeypatch):
     monkeypatch.setattr(TK, "DOC_CONV", False)
     with pytest.raises(ConfigError, match="needs the document-indexed conv"):
         check_supported(torch.device("cuda"))
+    from h1r.model import kernels
+
+    monkeypatch.setattr(TK, "DOC_CONV", True)
+    monkeypatch.setattr(kernels, "triton_available", lambda: False)
+    with pytest.raises(ConfigError, match="needs the training kernels: install triton"):
+        check_supported(torch.device("cuda"))
+    monkeypatch.setattr(kernels, "triton_available", lambda: True)
+    check_supported(torch.device("cuda"))  # nothing missing: no error (no CUDA needed to decide)
 
 
 @pytest.mark.gpu

@@ -6,6 +6,8 @@ simple reference used for training, for `model(input_ids)`, and as the oracle in
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -20,6 +22,28 @@ USE_TRAIN_KERNELS = True
 def _half_active(device) -> bool:
     """Training runs in bf16/fp16 under autocast (the kernels need half precision)."""
     return torch.is_autocast_enabled(device.type) if hasattr(torch, "is_autocast_enabled") else False
+
+
+_warned_no_kernels = False
+
+
+def use_train_kernels(device, has_state: bool = False) -> bool:
+    """Packed training on CUDA in half precision takes the Triton/flash kernels (kernels/train.py). Where they
+    cannot run as configured (no Triton, or an fla switch without fla-core) the plain path runs, several times
+    slower and holding far more memory, and this warns once saying why."""
+    global _warned_no_kernels
+    if not (USE_TRAIN_KERNELS and not has_state and device.type == "cuda" and _half_active(device)):
+        return False
+    from h1r.model.kernels import train as K
+
+    if K.ready():
+        return True
+    if not _warned_no_kernels:
+        _warned_no_kernels = True
+        warnings.warn("the training kernels cannot run here (they need triton, and fla-core for H1R_DOC_CONV=0 or "
+                      "H1R_TRAIN_SSD=fla-parallel): training takes the PyTorch reference path, which is slow and "
+                      "may run out of memory on long sequences; pip install 'h1r[gpu]'", stacklevel=3)
+    return False
 
 
 class HybridState:
@@ -78,20 +102,18 @@ class DenseContext:
             self.positions = start[:, None] + torch.arange(T, device=device)
         # training on CUDA in half precision: packed documents go through the Triton/flash kernels
         self.cu = None
-        if USE_TRAIN_KERNELS and state is None and device.type == "cuda" and _half_active(device):
+        if use_train_kernels(device, state is not None):
             from h1r.model.kernels import train as K
+            from h1r.model.ssd_packed import doc_ids_from_cu
 
-            if K.fla_available():
-                from h1r.model.ssd_packed import doc_ids_from_cu
-
-                if doc_capacity is not None:
-                    self.cu, self.doc = K.cu_seqlens_static((B, T), self.reset, self.valid, doc_capacity, device)
-                    self.max_len = T
-                else:
-                    self.cu = K.cu_seqlens_from((B, T), self.reset, self.valid, device)
-                    self.doc = doc_ids_from_cu(self.cu, B * T)
-                    self.max_len = int((self.cu[1:] - self.cu[:-1]).max())
-                self.half_dtype = torch.get_autocast_dtype(device.type)
+            if doc_capacity is not None:
+                self.cu, self.doc = K.cu_seqlens_static((B, T), self.reset, self.valid, doc_capacity, device)
+                self.max_len = T
+            else:
+                self.cu = K.cu_seqlens_from((B, T), self.reset, self.valid, device)
+                self.doc = doc_ids_from_cu(self.cu, B * T)
+                self.max_len = int((self.cu[1:] - self.cu[:-1]).max())
+            self.half_dtype = torch.get_autocast_dtype(device.type)
         new_valid = self.valid if self.valid is not None else torch.ones(B, T, dtype=torch.bool, device=device)
         past = state.kv_valid if state is not None else torch.zeros(B, 0, dtype=torch.bool, device=device)
         self.kv_valid = torch.cat([past, new_valid], dim=1)  # [B, L+T]

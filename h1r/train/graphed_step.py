@@ -55,7 +55,8 @@ def layout(b: MicroBatch, rows: int, T: int, pad_id: int, use_weights: bool):
 
 
 def check_supported(device: torch.device, distributed: bool = False) -> None:
-    """ConfigError unless a graphed micro-step can run here: CUDA, one process, the document-indexed conv."""
+    """ConfigError unless a graphed micro-step can run here: CUDA, one process, the document-indexed conv and
+    the other training kernels."""
     if device.type != "cuda":
         raise ConfigError(f"cuda_graph needs a CUDA device; this run is on {device.type}")
     if distributed:
@@ -65,6 +66,9 @@ def check_supported(device: torch.device, distributed: bool = False) -> None:
     if not TK.DOC_CONV:
         raise ConfigError("cuda_graph needs the document-indexed conv (unset H1R_DOC_CONV=0): fla's varlen conv "
                           "reads the document layout on the host")
+    if not TK.ready():  # the reference path reads the layout on the host: it cannot be captured
+        raise ConfigError("cuda_graph needs the training kernels: install triton (pip install 'h1r[gpu]'), and "
+                          "fla-core for H1R_TRAIN_SSD=fla-parallel")
 
 
 class GraphedMicroStep:

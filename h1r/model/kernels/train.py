@@ -1,8 +1,9 @@
-"""Training fast paths (CUDA, bf16/fp16): packed documents described by `cu_seqlens` go through
-fla's causal conv (Triton, forward and backward), H1R's grouped chunked SSD (h1r.model.ssd_packed) and
-PyTorch's variable-length flash attention (forward and backward). References: DenseContext's plain path with `reset`
-(h1r.model.ssd.causal_conv1d / ssd_chunked and masked SDPA); tests/test_kernels.py compares values
-and gradients.
+"""Training fast paths (CUDA, bf16/fp16): packed documents described by `cu_seqlens` go through the
+document-indexed causal conv (kernels/doc_conv.py; fla's varlen conv with H1R_DOC_CONV=0), H1R's grouped chunked
+SSD (h1r.model.ssd_packed) and PyTorch's variable-length flash attention (forward and backward). fla-core is needed
+only by the fla paths (H1R_DOC_CONV=0, H1R_TRAIN_SSD=fla-parallel); forward-only SSD calls take fla's chunked
+forward when it is installed. References: DenseContext's plain path with `reset` (h1r.model.ssd.causal_conv1d /
+ssd_chunked and masked SDPA); tests/test_kernels.py compares values and gradients.
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ def fla_available() -> bool:
     except Exception:
         return False
     return True
+
+
+def ready() -> bool:
+    """Whether the training fast paths can run as configured: Triton always, fla-core only where a switch
+    picks one of its kernels. (Before 2026-12-05 they required fla-core outright, so a GPU without it trained
+    through the reference path: 16k tokens of the 1.5B-deep shape then ran out of 80 GB.)"""
+    from h1r.model.kernels import triton_available
+
+    if not triton_available():
+        return False
+    return fla_available() or (DOC_CONV and SSD_KERNEL == "chunked")
 
 
 def _document_starts(shape, reset: torch.Tensor | None, valid: torch.Tensor | None, device) -> torch.Tensor:
@@ -159,13 +171,13 @@ def conv_varlen(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                 doc: torch.Tensor | None = None) -> torch.Tensor:
     """x [N, C] (pre-conv xBC of packed documents) -> silu(causal depthwise conv) [N, C]; no state crosses a
     document boundary. doc [N]: the document index per token (DOC_CONV's kernel reads it instead of cu)."""
-    from fla.modules.causal_conv1d import causal_conv1d
-
     CALLS["conv"] += 1
     if DOC_CONV and doc is not None:
         from h1r.model.kernels.doc_conv import doc_conv
 
         return doc_conv(x, weight, bias, doc)  # the fp32 weight and bias, read as they are
+    from fla.modules.causal_conv1d import causal_conv1d
+
     w = weight.to(x.dtype)
     b = bias.to(x.dtype) if bias is not None else None
     if CONV_GRAPHS and x.is_cuda and not torch.cuda.is_current_stream_capturing():
@@ -186,12 +198,12 @@ def ssd_varlen(x, dt, A, B, C, cu: torch.Tensor, doc: torch.Tensor | None = None
     """x [N,H,P], dt [N,H] (after softplus), A [H], B/C [N,G,Ns] -> y [N,H,P] fp32 (no D skip), with grads.
 
     doc [N]: document index per token (doc_ids_from_cu(cu)); pass it to skip recomputing it every layer.
-    Forward-only calls (GRPO's logprob recomputation) keep fla's chunked forward, as before: it is correct on
-    Hopper and was faster (1.4 ms against ssd_packed's first, unfused version's 2.6 ms, 1.5B-deep shape, 16k
+    Forward-only calls (GRPO's logprob recomputation) keep fla's chunked forward where fla-core is installed (else
+    ssd_packed's forward), as before: it is correct on Hopper and was faster (1.4 ms against ssd_packed's first, unfused version's 2.6 ms, 1.5B-deep shape, 16k
     tokens, bench/results/ssd_train_gpu.json)."""
     CALLS["ssd"] += 1
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, dt, A, B, C))
-    if SSD_KERNEL == "chunked" and needs_grad:
+    if SSD_KERNEL == "chunked" and (needs_grad or not fla_available()):
         from h1r.model.ssd_packed import doc_ids_from_cu, ssd_packed
 
         doc = doc if doc is not None else doc_ids_from_cu(cu, x.shape[0])
