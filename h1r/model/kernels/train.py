@@ -198,9 +198,9 @@ def ssd_varlen(x, dt, A, B, C, cu: torch.Tensor, doc: torch.Tensor | None = None
     """x [N,H,P], dt [N,H] (after softplus), A [H], B/C [N,G,Ns] -> y [N,H,P] fp32 (no D skip), with grads.
 
     doc [N]: document index per token (doc_ids_from_cu(cu)); pass it to skip recomputing it every layer.
-    Forward-only calls (GRPO's logprob recomputation) keep fla's chunked forward where fla-core is installed (else
-    ssd_packed's forward), as before: it is correct on Hopper and was faster (1.4 ms against ssd_packed's first, unfused version's 2.6 ms, 1.5B-deep shape, 16k
-    tokens, bench/results/ssd_train_gpu.json)."""
+    Forward-only calls (GRPO's logprob recomputation) keep fla's chunked forward where fla-core is installed
+    (else ssd_packed's forward), as before: it is correct on Hopper and was faster (1.4 ms against ssd_packed's
+    first, unfused version's 2.6 ms, 1.5B-deep shape, 16k tokens, bench/results/ssd_train_gpu.json)."""
     CALLS["ssd"] += 1
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, dt, A, B, C))
     if SSD_KERNEL == "chunked" and (needs_grad or not fla_available()):
