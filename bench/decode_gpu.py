@@ -279,6 +279,11 @@ def main(argv=None):
     from h1r import LLM
     from h1r.checkpoint import init_model
     from h1r.config import preset
+    from h1r.model.kernels import prefill
+
+    if not prefill.fla_available():  # the prefill rows would time the reference scan
+        ap.error("fla-core is not installed: the engine's prefill would run the reference SSD scan; install it "
+                 "first (the wheel carried to the device)")
 
     dev = torch.device("cuda")
     torch.manual_seed(0)

@@ -70,3 +70,21 @@ def test_profile_summary_sorts_kernels_into_the_steps_parts():
     assert cats == {"GEMM (cuBLAS)": 4.0, "attention (flash)": 2.0, "SSD (Triton)": 2.0, "compiled glue (Triton)": 1.0,
                     "conv": 0.5, "copies / casts": 0.3, "other": 0.1}
     assert list(cats) == sorted(cats, key=lambda c: -cats[c])
+
+
+@pytest.mark.parametrize("script,message,missing", [
+    ("train_gpu.py", "the training kernels cannot run here", "training kernels"),
+    ("decode_gpu.py", "fla-core is not installed", "fla-core prefill"),
+])
+def test_gpu_benches_refuse_to_time_the_reference_path(script, message, missing):
+    """Without their kernels the benches would time the slow reference path (train_gpu.py ran out of memory on
+    a device without fla-core): they stop at once, naming what is missing."""
+    from h1r.model.kernels import prefill
+    from h1r.model.kernels import train as TK
+
+    ready = TK.ready() if missing == "training kernels" else prefill.fla_available()
+    if ready:
+        pytest.skip(f"the {missing} are installed here: the bench would start a real run")
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / script)], capture_output=True, text=True,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr

@@ -1,4 +1,4 @@
-"""When packed training takes the Triton/flash kernels, and what it needs for that.
+"""When the training kernels (and the fast prefill) run, and what they need for that.
 
 Our conv and SSD kernels need only Triton; fla-core only where a switch picks one of its kernels. A GPU without
 fla-core used to train through the reference path without a word (and ran out of memory at 16k tokens).
@@ -73,3 +73,19 @@ def test_forward_only_ssd_without_fla_runs_the_packed_ssd(monkeypatch):
     with torch.no_grad():
         y = K.ssd_varlen(x, dt, A, B, C, cu, chunk_size=8)
     assert rel(y, reference(x, dt, A, B, C, cu)) < 1e-10
+
+
+def test_the_fast_model_warns_when_fla_core_is_missing(monkeypatch):
+    """The engine's prefill falls back to the reference scan without fla-core: it says so."""
+    from h1r.model import fast
+    from h1r.model.kernels import prefill
+
+    monkeypatch.setattr(prefill, "fla_available", lambda: False)
+    with pytest.warns(UserWarning, match="fla-core is not installed: prefill runs the reference SSD scan"):
+        assert fast.warn_without_fla(CUDA, use_kernels=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not fast.warn_without_fla(CUDA, use_kernels=False)  # the reference path was asked for
+        assert not fast.warn_without_fla(torch.device("cpu"), use_kernels=True)  # the interpreter
+        monkeypatch.setattr(prefill, "fla_available", lambda: True)
+        assert not fast.warn_without_fla(CUDA, use_kernels=True)

@@ -15,6 +15,7 @@ CPU tests check this file against the plain model.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -62,12 +63,23 @@ def _sum_biases(a, b, dtype):
     return (a if b is None else b if a is None else a + b).to(dtype)
 
 
+def warn_without_fla(device: torch.device, use_kernels: bool) -> bool:
+    """Warn (-> True) where the fast path runs on CUDA without fla-core: its prefill then takes the reference
+    SSD scan and conv, one sequence at a time, which a user tuning throughput should hear about."""
+    if not (use_kernels and device.type == "cuda") or PF.fla_available():
+        return False
+    warnings.warn("fla-core is not installed: prefill runs the reference SSD scan and conv one sequence at a time "
+                  "instead of fla's kernels (same results, not the fast path); pip install 'h1r[gpu]'", stacklevel=3)
+    return True
+
+
 class FastFalconH1:
     def __init__(self, model: FalconH1ForCausalLM, use_kernels: bool | None = None):
         cfg = model.config
         self.config = cfg
         self.dtype, self.device = model.dtype, model.device
         self.use_kernels = K.available(self.device) if use_kernels is None else use_kernels
+        warn_without_fla(self.device, self.use_kernels)
         dt = self.dtype
         m = model.model
         self.d_ssm, self.conv_dim, self.H = cfg.d_ssm, cfg.conv_dim, cfg.mamba_n_heads
