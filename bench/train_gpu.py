@@ -146,42 +146,50 @@ def packed_reset(T: int, docs: list[int], dev) -> torch.Tensor:
 
 
 def graphed_step_time(cfg, T, docs, dev, ac, steps=5) -> dict:
-    """The SFT trainer's `cuda_graph` step (h1r.train.graphed_step): the micro-batch's forward and backward
-    replayed from one CUDA graph, then clipping and fused AdamW as the trainer runs them. The documents enter
-    as data, so after timing a second layout is replayed and its loss compared with an eager forward on the
-    same weights ("layout_change")."""
+    """The SFT trainer's `cuda_graph` step: h1r.train.sft.optimizer_step itself (the micro-batch's forward and
+    backward replayed from one CUDA graph, clipping, fused AdamW, the metrics read back), so the row includes
+    the trainer's waits for the GPU. (Rows before 2026-12-05d ran clip and AdamW from a loop of their own that
+    never read the metrics back.) The documents enter as data, so after timing a second layout is replayed
+    and its loss compared with an eager forward on the same weights ("layout_change")."""
     from h1r.train.batching import MicroBatch
+    from h1r.train.distributed import DistInfo
     from h1r.train.graphed_step import GraphedMicroStep
+    from h1r.train.sft import optimizer_step
 
     model, lossmod, opt, ids, reset, mask = sft_setup(cfg, T, docs, dev, ac)
     micro = GraphedMicroStep(lossmod, 1, T, dev, 0, False, torch.bfloat16)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    info = DistInfo(device=dev)
+    unused = torch.autocast("cuda", enabled=False)  # the graphed path sets its own autocast
 
     def batch(reset):
         return MicroBatch(ids.cpu(), mask.cpu(), mask.float().cpu(), None, reset.cpu(), T, T)
 
     b = batch(reset)
 
-    parts = ("micro_step", "clip", "optimizer")
-    marks: list[list] = []  # per timed step: [(host seconds, CUDA event)] at its start and after each part
+    # CUDA events (with the host's clock) at each step's start, after its micro-step call and when
+    # optimizer_step returns: GPU ms per part, idle gaps included, and host ms spent in it
+    parts = ("micro_step", "clip_optimizer_metrics")
+    marks: list[list] = []
+
+    def note():
+        e = torch.cuda.Event(enable_timing=True)
+        e.record()
+        marks[-1].append((time.perf_counter(), e))
+
+    def marked(b, scale):  # what optimizer_step calls for each micro-batch
+        out = micro(b, scale)
+        note()
+        return out
 
     def step(b, mark=False):
-        def note():
-            if mark:
-                e = torch.cuda.Event(enable_timing=True)
-                e.record()
-                marks[-1].append((time.perf_counter(), e))
-
         if mark:
             marks.append([])
-        note()
-        loss, _ = micro(b, 1.0 / (T - 1))
-        note()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        note()
-        opt.step()
-        opt.zero_grad(set_to_none=False)
-        note()
-        return loss
+            note()
+        m = optimizer_step(lossmod, [b], opt, sched, info, unused, False, 1.0, marked if mark else micro)
+        if mark:
+            note()
+        return m["loss"]
 
     try:
         for _ in range(micro.warmup + 1):  # eager warm-ups, then the capture and first replay
@@ -226,7 +234,8 @@ def graphed_step_time(cfg, T, docs, dev, ac, steps=5) -> dict:
 def h1r_step_time(cfg, T, docs, dev, steps=3, ac=True, profile=False, sync_debug=False):
     """Seconds per SFT step (after one warm-up step), peak GB, loss, and seconds per step until the host had
     queued the timed steps (close to the step time when the host is the bottleneck, or when something in
-    the step synchronises). `ac`: per-layer activation checkpointing.
+    the step synchronises). `ac`: per-layer activation checkpointing. The step is the trainer's plain path
+    from a loop of its own, which never reads the loss or norm back (the trainer does, once a step).
     `profile`: print the top CUDA kernels of the timed steps (steady state: no compile, no optimizer init).
     `sync_debug`: print where one steady-state step synchronises with the GPU (sync_sites)."""
     model, lossmod, opt, ids, reset, mask = sft_setup(cfg, T, docs, dev, ac)

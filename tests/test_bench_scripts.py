@@ -88,3 +88,46 @@ def test_gpu_benches_refuse_to_time_the_reference_path(script, message, missing)
     p = subprocess.run([sys.executable, str(ROOT / "bench" / script)], capture_output=True, text=True,
                        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr
+
+
+class _HostEvent:
+    """torch.cuda.Event's timing API on the host clock, so the bench's CUDA-only timing code runs on CPU."""
+
+    def __init__(self, enable_timing=False):
+        self.t = None
+
+    def record(self, stream=None):
+        import time
+
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end) -> float:
+        return 1e3 * (end.t - self.t)
+
+
+def test_graphed_step_row_runs_the_trainers_step_on_cpu(monkeypatch):
+    """The cuda_graph row end to end on the tiny preset with CUDA's timing calls stubbed (the micro-step runs
+    eagerly off CUDA): it goes through the trainer's optimizer_step, reports each part, and replays a second
+    document layout, so a device session does not find a broken row."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from bench import train_gpu
+    from h1r.config import preset
+    from h1r.train import sft
+
+    for name, fn in [("Event", _HostEvent), ("synchronize", lambda *a: None), ("empty_cache", lambda: None),
+                     ("reset_peak_memory_stats", lambda *a: None), ("memory_reserved", lambda *a: 0)]:
+        monkeypatch.setattr(torch.cuda, name, fn)
+    calls = []
+    real = sft.optimizer_step
+    monkeypatch.setattr(sft, "optimizer_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    T = 96
+    r = train_gpu.graphed_step_time(preset("tiny"), T, [40, 1, 55], torch.device("cpu"), False, steps=2)
+    assert "error" not in r, r
+    assert len(calls) == 3 + 2  # two warm-ups and the capture call, then the timed steps
+    assert r["stats"]["eager"] == 5 and r["stats"]["replays"] == 0  # eager off CUDA
+    assert set(r["parts_ms"]) == {"micro_step", "clip_optimizer_metrics", "between_steps"}
+    assert all(v["host"] >= 0 for v in r["parts_ms"].values())
+    assert r["tok_s"] == pytest.approx(T / r["seconds"]) and r["loss"] > 0
+    assert r["layout_change"]["graph_loss"] > 0 and r["layout_change"]["eager_loss"] > 0

@@ -159,3 +159,29 @@ def test_replayed_graph_matches_the_eager_step_on_the_gpu(ac):
     assert graph_losses == pytest.approx(eager_losses, rel=1e-3)
     for a, b in zip(graph_grads, eager_grads):
         torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-5)
+
+
+def test_the_host_reads_the_metrics_only_after_queueing_the_optimizer(setup, monkeypatch):
+    """optimizer_step reads the gradient norm (a wait for the GPU) after optimizer.step is issued, not before,
+    so the GPU is not idle while the host issues AdamW; the metrics are still the step's."""
+    import copy
+
+    from h1r.train import sft
+    from h1r.train.distributed import DistInfo
+
+    _, examples, lm = setup
+    batches = micro_batches(examples, True, mbs=3)
+    l_ref, g_ref = loss_and_grads(copy.deepcopy(lm), batches, weighted=True)
+    lm = copy.deepcopy(lm)
+    opt = torch.optim.AdamW(lm.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    order = []
+    opt.register_step_pre_hook(lambda *a: order.append("optimizer.step"))
+    read = sft.local_grad_norm_to_float
+    monkeypatch.setattr(sft, "local_grad_norm_to_float", lambda n: order.append("read the norm") or read(n))
+    m = sft.optimizer_step(TokenNLL(lm), batches, opt, sched, DistInfo(), torch.autocast("cpu", enabled=False),
+                           True, clip=1e-3)
+    assert order == ["optimizer.step", "read the norm"]
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in g_ref.values())).item()
+    assert m["grad_norm"] == pytest.approx(norm, rel=1e-4) and norm > 1e-3  # the norm before clipping
+    assert m["loss"] == pytest.approx(l_ref, rel=1e-5)

@@ -80,11 +80,14 @@ def optimizer_step(module, batches, optimizer, scheduler, info: DistInfo, autoca
         loss.backward()
         loss_sum += loss.detach().double()
         nll_sum += nll.detach().double().sum()
-    grad_norm = local_grad_norm_to_float(torch.nn.utils.clip_grad_norm_(module.parameters(), clip))
+    grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), clip)  # a device scalar: no wait yet
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=micro_step is None)  # a graph adds into the same .grad tensors
+    # the host reads the metrics only after queueing the optimizer, so AdamW runs while it returns and prepares
+    # the next step; reading the norm before optimizer.step left the GPU idle while the host issued AdamW
+    grad_norm = local_grad_norm_to_float(grad_norm)
     loss_g, nll_g = all_reduce_sum([loss_sum.item() / info.world_size, nll_sum.item()], info)
     return dict(loss=loss_g, nll=nll_g / max(n_sup, 1.0), lr=lr, grad_norm=grad_norm, tokens=n_tok,
                 supervised_tokens=n_sup)
