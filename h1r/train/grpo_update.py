@@ -64,18 +64,34 @@ def forward_logprobs(module, batches, info: DistInfo, autocast) -> list[torch.Te
 
 
 class Sums:
-    """Scalar sums over tokens and sequences, reduced over ranks at the end of the step."""
+    """Scalar sums over tokens and sequences, reduced over ranks at the end of the step. Tensors stay on the
+    device until `read`, so a micro-batch does not wait for the GPU before the host issues the next one."""
 
     KEYS = ("tokens", "loss", "entropy", "clip_low", "clip_high", "is_sum", "is_capped", "kl", "nll",
             "nll_tokens")
 
     def __init__(self):
-        self.v = dict.fromkeys(self.KEYS, 0.0)
-        self.is_min, self.is_max = math.inf, -math.inf
+        self.v: dict = dict.fromkeys(self.KEYS, 0.0)
+        self.is_min, self.is_max = math.inf, -math.inf  # floats, or device scalars once a ratio was seen
 
     def add(self, **kw):
         for k, x in kw.items():
-            self.v[k] += float(x)
+            self.v[k] = self.v[k] + (x.detach().double() if isinstance(x, torch.Tensor) else float(x))
+
+    def add_ratio_range(self, ratio: torch.Tensor):
+        lo, hi = ratio.detach().min().double(), ratio.detach().max().double()
+        self.is_min = lo if not isinstance(self.is_min, torch.Tensor) else torch.minimum(self.is_min, lo)
+        self.is_max = hi if not isinstance(self.is_max, torch.Tensor) else torch.maximum(self.is_max, hi)
+
+    def read(self) -> tuple[list[float], float, float]:
+        """-> (the sums in KEYS order, is_min, is_max) as floats, with one wait for the GPU."""
+        items = [self.v[k] for k in self.KEYS] + [self.is_min, self.is_max]
+        on_device = [i for i, x in enumerate(items) if isinstance(x, torch.Tensor)]
+        out = [float(x) if not isinstance(x, torch.Tensor) else 0.0 for x in items]
+        if on_device:
+            for i, x in zip(on_device, torch.stack([items[i].reshape(()) for i in on_device]).tolist()):
+                out[i] = x
+        return out[:-2], out[-2], out[-1]
 
 
 def policy_update(module, ref_module, batches, optimizer, scheduler, cfg, info: DistInfo, autocast) -> dict:
@@ -110,14 +126,16 @@ def policy_update(module, ref_module, batches, optimizer, scheduler, cfg, info: 
                 if isw is not None and n:
                     raw_ratio = torch.exp(old - b.rollout_logp)
                     s.add(is_sum=isw.sum(), is_capped=(raw_ratio > cfg.importance_sampling_cap).sum())
-                    s.is_min, s.is_max = min(s.is_min, float(raw_ratio.min())), max(s.is_max, float(raw_ratio.max()))
-        grad_norm = local_grad_norm_to_float(torch.nn.utils.clip_grad_norm_(module.parameters(), clip))
+                    s.add_ratio_range(raw_ratio)
+        grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), clip)  # a device scalar: no wait yet
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    tot = dict(zip(Sums.KEYS, all_reduce_sum([s.v[k] for k in Sums.KEYS], info)))
-    is_min, is_max = s.is_min, s.is_max
+        # read after queueing the optimizer (as sft.optimizer_step): the GPU runs AdamW while the host goes on
+        grad_norm = local_grad_norm_to_float(grad_norm)
+    sums, is_min, is_max = s.read()
+    tot = dict(zip(Sums.KEYS, all_reduce_sum(sums, info)))
     if info.distributed:
         t = torch.tensor([-is_min, is_max], dtype=torch.float64, device=info.device)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
