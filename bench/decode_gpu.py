@@ -279,9 +279,9 @@ def main(argv=None):
     from h1r import LLM
     from h1r.checkpoint import init_model
     from h1r.config import preset
-    from h1r.model.kernels import prefill
+    from h1r.model import kernels
 
-    if not prefill.fla_available():  # the prefill rows would time the reference scan
+    if not kernels.fla_available():  # the prefill rows would time the reference scan
         ap.error("fla-core is not installed: the engine's prefill would run the reference SSD scan; install it "
                  "first (the wheel carried to the device)")
 

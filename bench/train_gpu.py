@@ -460,6 +460,7 @@ def main(argv=None):
         settings[f"{module.__name__}.{attr}"] = value
     import h1r.model.falcon_h1 as fh
     from h1r.config import preset
+    from h1r.model import kernels
     from h1r.model.kernels import train as TK
 
     if not TK.ready():  # the rows would time the reference path (and run out of memory at 16k)
@@ -478,7 +479,7 @@ def main(argv=None):
         return
     rate = matmul_rate(dev)
     res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "matmul_TFLOPs": rate / 1e12,
-           "fla_core": TK.fla_available(),
+           "fla_core": kernels.fla_available(),
            "settings": {k: repr(v) for k, v in settings.items()}, "runs": []}
     print(f"bf16 matmul rate {rate / 1e12:.0f} TFLOP/s", flush=True)
     print(f"{'preset':<22}{'tokens':>7}{'AC':>4}{'tok/s':>9}{'MFU':>7}{'peak GB':>9}{'HF tok/s':>10}{'speedup':>9}", flush=True)

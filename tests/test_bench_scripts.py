@@ -79,10 +79,10 @@ def test_profile_summary_sorts_kernels_into_the_steps_parts():
 def test_gpu_benches_refuse_to_time_the_reference_path(script, message, missing):
     """Without their kernels the benches would time the slow reference path (train_gpu.py ran out of memory on
     a device without fla-core): they stop at once, naming what is missing."""
-    from h1r.model.kernels import prefill
+    from h1r.model import kernels
     from h1r.model.kernels import train as TK
 
-    ready = TK.ready() if missing == "training kernels" else prefill.fla_available()
+    ready = TK.ready() if missing == "training kernels" else kernels.fla_available()
     if ready:
         pytest.skip(f"the {missing} are installed here: the bench would start a real run")
     p = subprocess.run([sys.executable, str(ROOT / "bench" / script)], capture_output=True, text=True,

@@ -205,7 +205,9 @@ def test_training_dispatch(monkeypatch):
     that names it."""
     import h1r.model.kernels.train as TK
 
-    monkeypatch.setattr(TK, "fla_available", lambda: True)
+    from h1r.model import kernels
+
+    monkeypatch.setattr(kernels, "fla_available", lambda: True)
     lens = [6, 10]
     x, dt, A, B, C, cu = make(lens, 2, 3, 4, 1, torch.float64, seed=19)
     calls = []

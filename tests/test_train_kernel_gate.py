@@ -27,7 +27,7 @@ def half_on_cuda(monkeypatch):
 
 
 def test_our_kernels_need_no_fla(half_on_cuda, monkeypatch):
-    monkeypatch.setattr(K, "fla_available", lambda: False)
+    monkeypatch.setattr(kernels, "fla_available", lambda: False)
     monkeypatch.setattr(K, "DOC_CONV", True)
     monkeypatch.setattr(K, "SSD_KERNEL", "chunked")
     with warnings.catch_warnings():
@@ -39,7 +39,7 @@ def test_our_kernels_need_no_fla(half_on_cuda, monkeypatch):
 
 @pytest.mark.parametrize("doc_conv,ssd", [(False, "chunked"), (True, "fla-parallel")])
 def test_an_fla_switch_without_fla_warns_once_and_takes_the_reference(half_on_cuda, monkeypatch, doc_conv, ssd):
-    monkeypatch.setattr(K, "fla_available", lambda: False)
+    monkeypatch.setattr(kernels, "fla_available", lambda: False)
     monkeypatch.setattr(K, "DOC_CONV", doc_conv)
     monkeypatch.setattr(K, "SSD_KERNEL", ssd)
     with pytest.warns(UserWarning, match="fla-core for H1R_DOC_CONV=0 or H1R_TRAIN_SSD=fla-parallel"):
@@ -47,13 +47,13 @@ def test_an_fla_switch_without_fla_warns_once_and_takes_the_reference(half_on_cu
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per process
         assert not context.use_train_kernels(CUDA)
-    monkeypatch.setattr(K, "fla_available", lambda: True)
+    monkeypatch.setattr(kernels, "fla_available", lambda: True)
     assert context.use_train_kernels(CUDA)
 
 
 def test_no_triton_takes_the_reference(half_on_cuda, monkeypatch):
     monkeypatch.setattr(kernels, "triton_available", lambda: False)
-    monkeypatch.setattr(K, "fla_available", lambda: True)
+    monkeypatch.setattr(kernels, "fla_available", lambda: True)
     with pytest.warns(UserWarning, match="need triton"):
         assert not context.use_train_kernels(CUDA)
 
@@ -66,7 +66,7 @@ def test_full_precision_takes_the_reference(monkeypatch):
 
 def test_forward_only_ssd_without_fla_runs_the_packed_ssd(monkeypatch):
     """GRPO's logprob recomputation (no gradients) took fla's chunked forward unconditionally."""
-    monkeypatch.setattr(K, "fla_available", lambda: False)
+    monkeypatch.setattr(kernels, "fla_available", lambda: False)
     monkeypatch.setattr(K, "SSD_KERNEL", "chunked")
     monkeypatch.setattr(K, "_ssd_fla", None)  # taking it would fail
     x, dt, A, B, C, cu = make([9, 1, 14], 4, 3, 5, 2, torch.float64, seed=3)
@@ -78,14 +78,13 @@ def test_forward_only_ssd_without_fla_runs_the_packed_ssd(monkeypatch):
 def test_the_fast_model_warns_when_fla_core_is_missing(monkeypatch):
     """The engine's prefill falls back to the reference scan without fla-core: it says so."""
     from h1r.model import fast
-    from h1r.model.kernels import prefill
 
-    monkeypatch.setattr(prefill, "fla_available", lambda: False)
+    monkeypatch.setattr(kernels, "fla_available", lambda: False)
     with pytest.warns(UserWarning, match="fla-core is not installed: prefill runs the reference SSD scan"):
         assert fast.warn_without_fla(CUDA, use_kernels=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not fast.warn_without_fla(CUDA, use_kernels=False)  # the reference path was asked for
         assert not fast.warn_without_fla(torch.device("cpu"), use_kernels=True)  # the interpreter
-        monkeypatch.setattr(prefill, "fla_available", lambda: True)
+        monkeypatch.setattr(kernels, "fla_available", lambda: True)
         assert not fast.warn_without_fla(CUDA, use_kernels=True)

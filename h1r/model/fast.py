@@ -66,7 +66,7 @@ def _sum_biases(a, b, dtype):
 def warn_without_fla(device: torch.device, use_kernels: bool) -> bool:
     """Warn (-> True) where the fast path runs on CUDA without fla-core: its prefill then takes the reference
     SSD scan and conv, one sequence at a time, which a user tuning throughput should hear about."""
-    if not (use_kernels and device.type == "cuda") or PF.fla_available():
+    if not (use_kernels and device.type == "cuda") or K.fla_available():
         return False
     warnings.warn("fla-core is not installed: prefill runs the reference SSD scan and conv one sequence at a time "
                   "instead of fla's kernels (same results, not the fast path); pip install 'h1r[gpu]'", stacklevel=3)

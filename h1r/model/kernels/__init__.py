@@ -9,9 +9,22 @@ import functools
 import os
 
 
+@functools.cache
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@functools.cache  # a failed import is not cached by Python: this is asked once per layer in training
+def fla_available() -> bool:
+    """fla-core's kernels import: its varlen causal conv and chunked simple-GLA (the engine's prefill, the
+    forward-only training SSD, and the H1R_DOC_CONV=0 / H1R_TRAIN_SSD=fla-parallel training paths)."""
+    try:
+        import fla.modules.causal_conv1d  # noqa: F401
+        import fla.ops.simple_gla  # noqa: F401
     except Exception:
         return False
     return True

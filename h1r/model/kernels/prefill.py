@@ -35,12 +35,6 @@ def _fla_conv():
     return causal_conv1d
 
 
-def fla_available() -> bool:
-    """fla-core's prefill kernels (chunked simple-GLA SSD, varlen causal conv) import here. Without them a CUDA
-    prefill runs the reference scan per segment: correct, but a long prompt takes many times longer."""
-    return _fla_ssd() is not None and _fla_conv() is not None
-
-
 def varlen_causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cu_seqlens: torch.Tensor,
                        init_states: torch.Tensor, cu_host: list[int] | torch.Tensor | None = None,
                        use_fla: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,29 +13,19 @@ import os
 import torch
 
 from h1r.errors import ConfigError
+from h1r.model import kernels
 from h1r.utils.env import flag
 
 CALLS = {"attention": 0, "conv": 0, "ssd": 0}  # lets tests prove the kernels, not the reference, ran
-
-
-def fla_available() -> bool:
-    try:
-        import fla.modules.causal_conv1d  # noqa: F401
-        import fla.ops.simple_gla  # noqa: F401
-    except Exception:
-        return False
-    return True
 
 
 def ready() -> bool:
     """Whether the training fast paths can run as configured: Triton always, fla-core only where a switch
     picks one of its kernels. (Before 2026-12-05 they required fla-core outright, so a GPU without it trained
     through the reference path: 16k tokens of the 1.5B-deep shape then ran out of 80 GB.)"""
-    from h1r.model.kernels import triton_available
-
-    if not triton_available():
+    if not kernels.triton_available():
         return False
-    return fla_available() or (DOC_CONV and SSD_KERNEL == "chunked")
+    return (DOC_CONV and SSD_KERNEL == "chunked") or kernels.fla_available()
 
 
 def _document_starts(shape, reset: torch.Tensor | None, valid: torch.Tensor | None, device) -> torch.Tensor:
@@ -203,7 +193,7 @@ def ssd_varlen(x, dt, A, B, C, cu: torch.Tensor, doc: torch.Tensor | None = None
     first, unfused version's 2.6 ms, 1.5B-deep shape, 16k tokens, bench/results/ssd_train_gpu.json)."""
     CALLS["ssd"] += 1
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, dt, A, B, C))
-    if SSD_KERNEL == "chunked" and (needs_grad or not fla_available()):
+    if SSD_KERNEL == "chunked" and (needs_grad or not kernels.fla_available()):
         from h1r.model.ssd_packed import doc_ids_from_cu, ssd_packed
 
         doc = doc if doc is not None else doc_ids_from_cu(cu, x.shape[0])
