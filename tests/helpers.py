@@ -87,3 +87,15 @@ def kernel_device() -> str:
 def rel(a, b) -> float:
     """Relative error ||a - b|| / ||b|| in fp32."""
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
+
+
+def adamw_noting_order(params, monkeypatch, trainer_module):
+    """AdamW and a constant schedule whose step, and `trainer_module`'s read of the gradient norm
+    (local_grad_norm_to_float, a wait for the GPU), append to the returned list in the order they happen."""
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    order: list[str] = []
+    opt.register_step_pre_hook(lambda *a: order.append("optimizer.step"))
+    read = trainer_module.local_grad_norm_to_float
+    monkeypatch.setattr(trainer_module, "local_grad_norm_to_float", lambda n: order.append("read the norm") or read(n))
+    return opt, sched, order

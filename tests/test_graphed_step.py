@@ -8,6 +8,7 @@ import torch
 from h1r.train.batching import MicroBatch, collate, plan_rows, rank_micro_batches
 from h1r.train.graphed_step import GraphedMicroStep, layout
 from h1r.train.loss import TokenNLL
+from tests.helpers import adamw_noting_order
 from tests.test_sft_loss import docs, loss_and_grads, one_thread, setup  # noqa: F401  (fixtures)
 
 
@@ -173,12 +174,7 @@ def test_the_host_reads_the_metrics_only_after_queueing_the_optimizer(setup, mon
     batches = micro_batches(examples, True, mbs=3)
     l_ref, g_ref = loss_and_grads(copy.deepcopy(lm), batches, weighted=True)
     lm = copy.deepcopy(lm)
-    opt = torch.optim.AdamW(lm.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    order = []
-    opt.register_step_pre_hook(lambda *a: order.append("optimizer.step"))
-    read = sft.local_grad_norm_to_float
-    monkeypatch.setattr(sft, "local_grad_norm_to_float", lambda n: order.append("read the norm") or read(n))
+    opt, sched, order = adamw_noting_order(lm.parameters(), monkeypatch, sft)
     m = sft.optimizer_step(TokenNLL(lm), batches, opt, sched, DistInfo(), torch.autocast("cpu", enabled=False),
                            True, clip=1e-3)
     assert order == ["optimizer.step", "read the norm"]

@@ -12,6 +12,7 @@ from h1r.train.distributed import DistInfo
 from h1r.train.grpo_batch import TrainSeq, rank_batches
 from h1r.train.grpo_config import GRPOConfig
 from h1r.train.grpo_update import PolicyLogprobs, Sums, policy_update
+from tests.helpers import adamw_noting_order
 
 
 def test_sums_mix_floats_and_device_scalars_and_keep_the_ratio_range():
@@ -42,12 +43,7 @@ def test_policy_update_reads_the_metrics_after_queueing_the_optimizer(monkeypatc
     with torch.no_grad():  # the importance ratios policy_update will see: pi_train / pi_rollout before the step
         ratios = torch.cat([torch.exp(module(b.mb.input_ids, b.mb.target_mask, b.mb.attention_mask, b.mb.reset)[0]
                                       - b.rollout_logp) for b in batches])
-    opt = torch.optim.AdamW(lm.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    order = []
-    opt.register_step_pre_hook(lambda *a: order.append("optimizer.step"))
-    read = grpo_update.local_grad_norm_to_float
-    monkeypatch.setattr(grpo_update, "local_grad_norm_to_float", lambda n: order.append("read the norm") or read(n))
+    opt, sched, order = adamw_noting_order(lm.parameters(), monkeypatch, grpo_update)
     m = policy_update(module, None, batches, opt, sched, cfg, DistInfo(), torch.autocast("cpu", enabled=False))
     assert order == ["optimizer.step", "read the norm"]
     assert m["train_tokens"] == ratios.numel() == sum(len(s.ids) - s.start for s in seqs)
