@@ -36,6 +36,8 @@ def main(argv=None):
         ap.error("--tokens and --channels must be >= 1")
     if not torch.cuda.is_available():
         sys.exit("doc_conv_gpu.py needs a CUDA GPU")
+    import triton
+
     import h1r.model.kernels.doc_conv as DC
     from h1r.model.ssd_packed import doc_ids_from_cu
 
@@ -75,8 +77,8 @@ def main(argv=None):
         for BT, BC, warps, steps in launches:
             launch = {**default, kernel: (BT, BC, warps) if steps == 1 else (BT, BC, warps, steps)}
             err = max(rel(a, r) for a, r in zip(run(launch), ref))
-            nb = triton_cdiv(N, BT * steps)
-            grid = (nb, triton_cdiv(C, BC))
+            nb = triton.cdiv(N, BT * steps)
+            grid = (nb, triton.cdiv(C, BC))
             if kernel == "bwd_g" and steps > 1:
                 dw = torch.empty(nb, C, K, device=dev)
                 db = torch.empty(nb, C, device=dev)
@@ -116,10 +118,6 @@ def main(argv=None):
     Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                                           "tokens": N, "channels": C, "copy_GBps": bw / 1e9, "rows": rows,
                                           "best": launch}, indent=1))
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 if __name__ == "__main__":

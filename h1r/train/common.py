@@ -27,9 +27,10 @@ def half_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
 
 def compute_autocast(dtype: str, device: torch.device):
     """bf16 autocast (weights and optimiser state stay fp32) where asked."""
-    if half_dtype(dtype, device) is None:
+    half = half_dtype(dtype, device)
+    if half is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=half)
 
 
 def load_base_model(model_dir: str, random_init: bool = False, seed: int = 0):

@@ -14,7 +14,8 @@ What a graph needs, and how the step provides it:
   before the capture and are zeroed in place between steps (zero_grad(set_to_none=False)).
 The first `warmup` calls run eagerly (they compile and autotune; their gradients count like any other),
 the next one captures and every later call replays. A micro-batch with more documents than the capacity
-runs eagerly; a capture that fails leaves the run eager, with a warning. Off CUDA the same fixed-shape step runs eagerly: the tests compare it with the plain path.
+runs eagerly; a capture that fails leaves the run eager, with a warning. Off CUDA the same fixed-shape step
+runs eagerly: the tests compare it with the plain path.
 """
 
 from __future__ import annotations
